@@ -1,10 +1,131 @@
-"""Content-addressed cache of model calls, so a rerun after a crash skips finished work."""
+"""Content-addressed cache of model calls, so a rerun after a crash skips finished work.
+
+Each finished call is stored as one small JSON file named by the hash of (model identity,
+messages/prompt, sampling params incl. seed) — see Request.cache_key. Files are written
+whole (temp file + rename locally; a single object on gs://), so a crash mid-write never
+leaves a corrupt entry, and Dataflow workers can share one `gs://` cache through Beam's
+filesystems. Failed calls are not cached: a rerun retries them.
+"""
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
+import logging
+import os
+import threading
+import uuid
 from dataclasses import dataclass
+from typing import Sequence
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from datagen.inference.base import LLM, Completion, Request
+
+log = logging.getLogger(__name__)
+CACHE_NAMESPACE = "synthpost.cache"
 
 
 @dataclass
 class CacheConfig:
-    enabled: bool = True
-    dir: str = ""  # local path or gs://…; empty: <output.dir>/.cache
+    enabled: bool = True  # `--no_cache` on the command line turns it off
+    dir: str = ""  # local path or gs://bucket/prefix; empty: ~/.cache/synthpost/calls
+
+
+def default_cache_dir() -> str:
+    from datagen.inference.models import cache_dir
+
+    return str(cache_dir() / "calls")
+
+
+class CallCache:
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self._local = "://" not in self.root
+        if self._local:
+            os.makedirs(self.root, exist_ok=True)
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> Completion | None:
+        path = self.path(key)
+        try:
+            if self._local:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            else:
+                with FileSystems.open(path) as f:
+                    data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError):  # absent, or unreadable: treat as a miss
+            return None
+        except Exception:  # noqa: BLE001 - remote filesystems raise their own types
+            return None
+        return Completion(**{**data, "cached": True})
+
+    def put(self, key: str, completion: Completion) -> None:
+        payload = json.dumps({**completion.to_dict(), "cached": False}, ensure_ascii=False).encode("utf-8")
+        path = self.path(key)
+        try:
+            if self._local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(payload)
+                os.replace(tmp, path)
+            else:
+                with FileSystems.create(path) as f:
+                    f.write(payload)
+        except Exception as err:  # noqa: BLE001 - a cache write failure must not fail the call
+            log.warning("cache write failed for %s: %s", path, err)
+
+
+class CachedLLM:
+    """Wraps any backend: hits return at once, misses go to the model and are stored."""
+
+    def __init__(self, llm: LLM, root: str) -> None:
+        self.llm = llm
+        self.identity = llm.identity
+        self.cache = CallCache(root)
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._hit_counter = Metrics.counter(CACHE_NAMESPACE, "hits")
+        self._miss_counter = Metrics.counter(CACHE_NAMESPACE, "misses")
+
+    def submit(self, request: Request) -> "cf.Future[Completion]":
+        key = request.cache_key(self.identity)
+        found = self.cache.get(key)
+        if found is not None:
+            self._count(hit=True)
+            future: cf.Future = cf.Future()
+            future.set_result(found)
+            return future
+        self._count(hit=False)
+        inner = self.llm.submit(request)
+        inner.add_done_callback(lambda f: self._store(key, f))
+        return inner
+
+    def _store(self, key: str, future: "cf.Future[Completion]") -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        completion = future.result()
+        if completion.ok:
+            self.cache.put(key, completion)
+
+    def _count(self, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+        try:
+            (self._hit_counter if hit else self._miss_counter).inc()
+        except Exception:  # noqa: BLE001 - outside a Beam bundle there is no metrics container
+            pass
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        return [f.result() for f in [self.submit(r) for r in requests]]
+
+    def close(self) -> None:
+        self.llm.close()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from datagen import progress
 from datagen.inference.base import Completion, Request
 from datagen.inference.registry import ModelConfig, get_llm
 from datagen.record import KEPT, REJECTED, Record
@@ -54,6 +54,7 @@ class _Counters:
 def route(stage: str, counters: _Counters, outputs: Iterable[Record], windowed: bool = False):
     """Yield outputs to the right tag and count the input once."""
     outputs = list(outputs)
+    progress.record(stage)
     counters.inputs.inc()
     kept = [r for r in outputs if r.status == KEPT]
     if kept:
@@ -111,7 +112,6 @@ class LLMStageFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = _Counters(self.stage)
         self.llm = get_llm(self.model)
-        self._last_progress = 0.0
 
     def start_bundle(self) -> None:
         self._pending: collections.deque = collections.deque()
@@ -143,10 +143,10 @@ class LLMStageFn(beam.DoFn):
             self._pending.popleft()
             block = False
             yield from route(self.stage, self._counters, self._complete(record, futures), windowed)
-            self._progress()
 
     def _complete(self, record: Record, futures) -> list[Record]:
         completions = [f.result() for f in futures]
+        progress.record(self.stage, 0, sum(c.completion_tokens for c in completions if not c.cached))
         failed = next((c for c in completions if c.error), None)
         if failed is not None:
             return [record.rejected(self.stage, "inference_failed", failed.error or "")]
@@ -157,11 +157,6 @@ class LLMStageFn(beam.DoFn):
             out = record.rejected(self.stage, "stage_error", f"{type(err).__name__}: {err}")
         return out if isinstance(out, list) else [out]
 
-    def _progress(self) -> None:
-        now = time.monotonic()
-        if now - self._last_progress > 10:
-            self._last_progress = now
-            log.info("[%s] working… %d records in flight", self.stage, len(self._pending))
 
 
 def run_stage(pcoll: beam.PCollection, label: str, fn: beam.DoFn) -> StageResult:

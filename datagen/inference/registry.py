@@ -7,6 +7,7 @@ by `shutdown_all()` (called by entry points in `finally`, and at interpreter exi
 from __future__ import annotations
 
 import atexit
+import concurrent.futures as cf
 import json
 import logging
 import threading
@@ -41,6 +42,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     extra_server_args: list[str] = field(default_factory=list)
     fake_responses: list[str] = field(default_factory=list)  # fake backend only (unit tests)
+    cache_dir: str = ""  # set by the pipeline from `cache.dir`: reuse finished calls across runs
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -51,27 +53,70 @@ class ModelConfig:
 
 
 _lock = threading.Lock()
-_instances: dict[str, LLM] = {}
+_instances: dict[str, "cf.Future[LLM]"] = {}
 
 
 def get_llm(cfg: ModelConfig) -> LLM:
-    """The process-wide instance for `cfg`, created (and its server started) on first use."""
+    """The process-wide instance for `cfg`, created (and its server started) on first use.
+
+    Creation runs outside the registry lock, so two models start in parallel and a second
+    caller for the same model waits for the first one's server instead of starting another.
+    """
     key = cfg.key()
     with _lock:
-        if key not in _instances:
-            _instances[key] = _create(cfg)
-        return _instances[key]
+        future = _instances.get(key)
+        owner = future is None
+        if owner:
+            future = _instances[key] = cf.Future()
+    if owner:
+        try:
+            future.set_result(_with_cache(cfg, _create(cfg)))
+        except BaseException as err:
+            with _lock:
+                _instances.pop(key, None)
+            future.set_exception(err)
+    return future.result()
+
+
+def prestart(cfgs: list[ModelConfig]) -> list[threading.Thread]:
+    """Start servers in the background (overlapping with pipeline construction and seed
+    reading); later `get_llm` calls in this process wait for them instead of starting anew."""
+    threads = []
+    for cfg in cfgs:
+        thread = threading.Thread(target=_quiet_get, args=(cfg,), name="prestart", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def _quiet_get(cfg: ModelConfig) -> None:
+    try:
+        get_llm(cfg)
+    except Exception:  # noqa: BLE001 - the stage's own get_llm call reports it
+        pass
+
+
+def _with_cache(cfg: ModelConfig, llm: LLM) -> LLM:
+    if not cfg.cache_dir or cfg.backend == "fake":
+        return llm
+    from datagen.cache import CachedLLM
+
+    return CachedLLM(llm, cfg.cache_dir)
 
 
 def shutdown_all() -> None:
     with _lock:
-        instances = list(_instances.values())
+        futures = list(_instances.values())
         _instances.clear()
+    instances = [f.result() for f in futures if f.done() and f.exception() is None]
     for llm in instances:
         try:
             llm.close()
         except Exception as err:  # noqa: BLE001 - keep stopping the others
             log.warning("closing %s failed: %s", getattr(llm, "identity", llm), err)
+    from datagen.inference.vllm_server import stop_all_servers
+
+    stop_all_servers()  # also servers whose start was still under way
 
 
 atexit.register(shutdown_all)
@@ -107,5 +152,7 @@ def _create(cfg: ModelConfig) -> LLM:
 
 def install(cfg: ModelConfig, llm: LLM) -> None:
     """Make `get_llm(cfg)` return `llm` in this process (tests inject fakes this way)."""
+    future: "cf.Future[LLM]" = cf.Future()
+    future.set_result(llm)
     with _lock:
-        _instances[cfg.key()] = llm
+        _instances[cfg.key()] = future

@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 # Popen from one long-lived thread: PR_SET_PDEATHSIG fires when the *thread* that forked
 # the child exits, so a short-lived thread would take the server down with it.
 _LAUNCHER = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-launcher")
+_LIVE: "set[VLLMServer]" = set()  # every server of this process that may still be running
+
+
+def stop_all_servers() -> None:
+    """Stop every server this process started, even one still starting up."""
+    for server in list(_LIVE):
+        server.stop()
 
 
 def free_port() -> int:
@@ -81,12 +88,14 @@ class VLLMServer:
             env=env, start_new_session=True, preexec_fn=_die_with_parent,
         ).result()
         logfile.close()
+        _LIVE.add(self)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 code = self.proc.returncode if self.proc else None
+                self.stop()  # sweep any engine child left in the group
                 raise InferenceError(
                     f"vLLM server for {self.served_name} exited with code {code} before it was ready; "
                     f"last log lines:\n{self.log_tail()}"
@@ -118,6 +127,7 @@ class VLLMServer:
 
     def stop(self, grace: float = 20.0) -> None:
         proc, self.proc = self.proc, None
+        _LIVE.discard(self)
         if proc is None or proc.poll() is not None:
             return
         try:

