@@ -140,24 +140,30 @@ def collect_stats(result: Any) -> tuple[dict[str, dict], dict[str, int]]:
     return dict(sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order)))), cache
 
 
-def preflight(cfg: SynthConfig) -> list[registry.ModelConfig]:
-    """Resolve every model before the run, so a bad alias or path fails in one line."""
+def preflight(cfg: SynthConfig, local: bool) -> list[registry.ModelConfig]:
+    """Resolve every model before the run, so a bad alias or path fails in one line.
+    Remote workers resolve their own paths; here we only check what can be checked."""
     used = sorted({name for _, name in cfg.model_references()})
     for name in used:
-        resolve_model(cfg.models[name].model)
+        model = cfg.models[name]
+        if local and model.backend in ("vllm", "transformers"):
+            resolve_model(model.model)
     return [cfg.models[name] for name in used]
 
 
+def runs_on_this_machine(options: PipelineOptions) -> bool:
+    return "Direct" in str(options.view_as(StandardOptions).runner or "DirectRunner")
+
+
 def runs_in_this_process(options: PipelineOptions) -> bool:
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner")
     mode = options.view_as(DirectOptions).direct_running_mode
-    return "Direct" in str(runner) and mode in (None, "in_memory", "multi_threading")
+    return runs_on_this_machine(options) and mode in (None, "in_memory", "multi_threading")
 
 
 def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     options = PipelineOptions(beam_args, save_main_session=False)
     started = time.monotonic()
-    used = preflight(cfg)
+    used = preflight(cfg, runs_on_this_machine(options))
     if runs_in_this_process(options):
         # warm the servers while Beam builds the graph and reads seeds
         cached = models_with_cache(cfg)
