@@ -15,7 +15,7 @@ import time
 
 import openai
 
-from datagen.inference.managed import server_args
+from datagen.inference.managed import server_args, server_env
 from datagen.inference.models import resolve_model
 from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
@@ -50,11 +50,20 @@ def first_token_seconds(base_url: str) -> float:
     return time.monotonic() - start
 
 
+# mode → (ModelConfig overrides, extra env). "lean" keeps engine core and worker in the API
+# server's process: two fewer Python processes importing torch+vLLM at start.
+MODES = {
+    "eager": ({"enforce_eager": True}, {}),
+    "lean": ({"enforce_eager": True, "single_process": True}, {}),
+    "compiled": ({"enforce_eager": False}, {}),
+}
+
+
 def measure(mode: str, concurrencies: list[int], max_tokens: int) -> dict:
-    cfg = ModelConfig(model="smollm2-135m", served_name="bench", enforce_eager=(mode == "eager"),
-                      kv_cache_gib=2)
+    overrides, env = MODES[mode.removesuffix("-restart")]
+    cfg = ModelConfig(model="smollm2-135m", served_name="bench", kv_cache_gib=2, **overrides)
     server = VLLMServer(resolve_model(cfg.model), "bench", server_args(cfg),
-                        env={"VLLM_CPU_KVCACHE_SPACE": "2"}, start_timeout=900)
+                        env={**server_env(cfg), **env}, start_timeout=900)
     start = time.monotonic()
     server.launch()
     try:
@@ -71,7 +80,8 @@ def measure(mode: str, concurrencies: list[int], max_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--modes", default="eager,lean,compiled,compiled-restart",
+                        help="comma list of: " + ", ".join(MODES) + " (suffix -restart: a second start)")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--max_tokens", type=int, default=64)
     args = parser.parse_args()

@@ -1,12 +1,333 @@
-"""Output: hub-ready dataset directory (Parquet shards, rejects, stats, card, report, views)."""
+"""Output: a hub-ready dataset directory (Parquet shards, rejects, stats, card, report, views).
+
+Two halves. Inside the Beam pipeline, `WriteRecords` writes one PCollection of Records as
+Parquet shards `<dir>/<subdir>/train-00000-of-00002.parquet`, keyed by record id: Beam retries
+bundles (at-least-once), so a record may arrive twice, and grouping by id keeps exactly one row.
+Shard contents and names depend only on the set of records, so a rerun rewrites the same files.
+
+After the pipeline, `finalize` (plain Python) reads `data/` and `rejects/` back and writes the
+training views (`sft/` messages, `dpo/` prompt/chosen/rejected), `stats.json`, the dataset card
+`README.md` and the picture report `report/`. `push_to_hub` uploads the lot with the token from
+HF_TOKEN, which is never printed, logged or written. All file I/O goes through Beam's
+FileSystems, so `gs://` directories work where the GCP extras are installed.
+"""
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import uuid
 from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+from datagen import report
+from datagen.record import ARROW_SCHEMA, CRITIQUE_ASPECTS, Record, from_arrow, to_arrow
+from datagen.stage import STATS_NAMESPACE_PREFIX
+
+log = logging.getLogger(__name__)
+SPLIT = "train"
+DATA, REJECTS, SFT, DPO, REPORT = "data", "rejects", "sft", "dpo", "report"
+# What push_to_hub uploads: never the request cache or temporary files that share the directory.
+UPLOAD_PATTERNS = [f"{DATA}/*.parquet", f"{REJECTS}/*.parquet", f"{SFT}/*.parquet",
+                   f"{DPO}/*.parquet", f"{REPORT}/*", "README.md", "stats.json"]
 
 
 @dataclass
 class OutputConfig:
-    dir: str = "out/synth"
-    shard_records: int = 5000
+    """Where the dataset directory goes and how it is published."""
+
+    dir: str = "out/synth"  # local path or gs://…
+    shard_records: int = 5000  # records per Parquet shard (the shard count follows from it)
     push_to_hub: str = ""  # repo id; the token comes from HF_TOKEN and is never printed
-    private: bool = True
+    private: bool = True  # a new hub repo is private unless this is false
+    license: str = "apache-2.0"  # card license of the generated data; check your seeds' and models' terms
+
+
+
+
+
+def read_records(directory: str) -> list[Record]:
+    """Every record in a directory written by WriteRecords (e.g. DIR/data), in shard order."""
+    return [r for _, _, table in read_shards(directory, None) for r in from_arrow(table)]
+
+
+# ---------------------------------------------------------------- writing shards (Beam) --------
+def shard_name(index: int, num_shards: int) -> str:
+    return f"{SPLIT}-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def shard_of(record_id: str, num_shards: int) -> int:
+    """Stable across processes and runs (unlike hash())."""
+    return int(hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:12], 16) % num_shards
+
+
+class _KeepOne(beam.DoFn):
+    """Of the copies of one id, keep the smallest JSON: the same survivor on every run."""
+
+    def __init__(self, subdir: str) -> None:
+        self.subdir = subdir
+
+    def setup(self) -> None:
+        self._duplicates = Metrics.counter(f"{STATS_NAMESPACE_PREFIX}output", f"duplicate_ids:{self.subdir}")
+
+    def process(self, keyed):
+        record_id, copies = keyed
+        copies = list(copies)
+        if len(copies) > 1:
+            self._duplicates.inc(len(copies) - 1)
+        yield record_id, min(copies)
+
+
+def _assign_shard(keyed: tuple[str, str], num_shards: int):
+    record_id, record_json = keyed
+    return (shard_of(record_id, num_shards), num_shards), record_json
+
+
+def _write_shard(directory: str, keyed) -> str:
+    """Write one shard atomically (temp file, then rename) so a retry or crash never leaves half
+    a file under the final name; rows sorted by id make the bytes reproducible."""
+    (index, num_shards), jsons = keyed
+    records = sorted((Record.from_json(j) for j in jsons if j is not None), key=lambda r: r.id)
+    final = FileSystems.join(directory, shard_name(index, num_shards))
+    temp = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}-{shard_name(index, num_shards)}")
+    write_bytes(temp, parquet_bytes(to_arrow(records)))
+    if FileSystems.exists(final):
+        FileSystems.delete([final])
+    FileSystems.rename([temp], [final])
+    return final
+
+
+def _delete_stale(_, directory: str, written: list[str]) -> None:
+    """Remove shards of an earlier run with another shard count, and orphaned temp files."""
+    keep = set(written)
+    ours = (f"{SPLIT}-", ".tmp-")
+    stale = [m.path for m in _match(directory, "*")
+             if m.path not in keep and os.path.basename(m.path).startswith(ours)]
+    if stale:
+        FileSystems.delete(stale)
+
+
+class WriteRecords(beam.PTransform):
+    """Records → `<out_dir>/<subdir>/train-XXXXX-of-NNNNN.parquet`, one row per record id.
+
+    A record goes to shard sha256(id) mod N with N = ceil(unique records / shard_records); rows
+    are sorted by id, so the files depend only on the set of records. N is at least 1: an empty
+    PCollection still leaves one valid empty shard for finalize to read. Shards of an earlier
+    run with another N are deleted once all new shards are written. Returns the shard paths.
+    """
+
+    def __init__(self, out_dir: str, subdir: str, shard_records: int = 5000) -> None:
+        super().__init__()
+        if shard_records < 1:
+            raise ValueError(f"output.shard_records must be >= 1, got {shard_records}")
+        self.directory = FileSystems.join(out_dir, subdir)
+        self.subdir = subdir
+        self.shard_records = shard_records
+
+    def expand(self, records):
+        per_shard = self.shard_records
+        unique = (records
+                  | "KeyById" >> beam.Map(lambda r: (r.id, r.to_json()))
+                  | "GroupById" >> beam.GroupByKey()
+                  | "KeepOne" >> beam.ParDo(_KeepOne(self.subdir)))
+        num_shards = (unique | "Count" >> beam.combiners.Count.Globally()
+                      | "NumShards" >> beam.Map(lambda n: max(1, math.ceil(n / per_shard))))
+        # One empty marker per shard index, so a shard that receives no record is still written.
+        markers = num_shards | "ShardMarkers" >> beam.FlatMap(lambda n: [((i, n), None) for i in range(n)])
+        assigned = unique | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(num_shards))
+        written = ((assigned, markers) | "AllShards" >> beam.Flatten()
+                   | "GroupByShard" >> beam.GroupByKey()
+                   | "WriteShard" >> beam.Map(lambda kv, d=self.directory: _write_shard(d, kv)))
+        # Runs once, after every shard is written (it waits for the side input).
+        _ = (records.pipeline | "CleanupTrigger" >> beam.Create([None])
+             | "DeleteStale" >> beam.Map(_delete_stale, self.directory, beam.pvalue.AsList(written)))
+        return written
+
+
+# ---------------------------------------------------------------- file helpers ------------------
+def parquet_bytes(table: pa.Table) -> bytes:
+    """An empty table becomes a file with no row group: `datasets` fails on a 0-row group."""
+    sink = io.BytesIO()
+    with pq.ParquetWriter(sink, table.schema) as writer:
+        if table.num_rows:
+            writer.write_table(table)
+    return sink.getvalue()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+
+
+def _match(directory: str, pattern: str):
+    result = FileSystems.match([FileSystems.join(directory, pattern)])[0]
+    return sorted(result.metadata_list, key=lambda m: m.path)
+
+
+def read_shards(directory: str, columns: list[str] | None):
+    """Yield (index, num_shards, table) for each Parquet shard in `directory`."""
+    shards = [m.path for m in _match(directory, f"{SPLIT}-*-of-*.parquet")]
+    for i, path in enumerate(shards):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            yield i, len(shards), pq.read_table(pa.BufferReader(f.read()), columns=columns)
+
+
+# ---------------------------------------------------------------- stats from Beam counters -----
+def collect_stage_stats(pipeline_result, stages: list[str]) -> dict[str, dict]:
+    """The `synthpost.<stage>` counters of a finished run as {stage: {in, kept, out, rejected}},
+    stages in the given (pipeline) order; a counter reported by several steps is summed."""
+    stats = {stage: _empty_stage() for stage in stages}
+    for counter in pipeline_result.metrics().query(MetricsFilter())["counters"]:
+        namespace, name = counter.key.metric.namespace, counter.key.metric.name
+        if not namespace.startswith(STATS_NAMESPACE_PREFIX) or namespace in _NOT_STAGES:
+            continue
+        entry = stats.setdefault(namespace[len(STATS_NAMESPACE_PREFIX):], _empty_stage())
+        value = counter.committed if counter.committed is not None else counter.attempted
+        if name.startswith("rejected:"):
+            reason = name[len("rejected:"):]
+            entry["rejected"][reason] = entry["rejected"].get(reason, 0) + int(value)
+        elif name in ("in", "kept", "out"):
+            entry[name] += int(value)
+    return stats
+
+
+_NOT_STAGES = {f"{STATS_NAMESPACE_PREFIX}output", f"{STATS_NAMESPACE_PREFIX}cache"}
+
+
+def _empty_stage() -> dict:
+    return {"in": 0, "kept": 0, "out": 0, "rejected": {}}
+
+
+# ---------------------------------------------------------------- training views ----------------
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SFT_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("messages", _MESSAGES)])
+DPO_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("prompt", _MESSAGES),
+                        ("chosen", _MESSAGES), ("rejected", _MESSAGES),
+                        ("score_chosen", pa.float64()), ("score_rejected", pa.float64())])
+_DATA_COLUMNS = ["id", "domain", "instruction", "response", "responses", "critique"]
+_REJECT_COLUMNS = ["id", "domain", "reject_stage", "reject_reason", "critique"]
+
+
+def sft_row(row: dict) -> dict | None:
+    """A kept record as a chat exchange; None when it has no instruction or chosen answer."""
+    if not row.get("instruction") or not row.get("response"):
+        return None
+    return {"id": row["id"], "domain": row["domain"],
+            "messages": [{"role": "user", "content": row["instruction"]},
+                         {"role": "assistant", "content": row["response"]}]}
+
+
+def dpo_row(row: dict) -> dict | None:
+    """Best vs worst answer by critique score (ties: the earliest answer); None unless at least
+    two answers are scored and the scores differ."""
+    scored = [(r["score"], i, r["text"]) for i, r in enumerate(row.get("responses") or [])
+              if r.get("score") is not None and not math.isnan(r["score"]) and r.get("text")]
+    if len(scored) < 2 or not row.get("instruction"):
+        return None
+    best = max(scored, key=lambda s: (s[0], -s[1]))
+    worst = min(scored, key=lambda s: (s[0], s[1]))
+    if best[0] == worst[0]:
+        return None
+    return {"id": row["id"], "domain": row["domain"],
+            "prompt": [{"role": "user", "content": row["instruction"]}],
+            "chosen": [{"role": "assistant", "content": best[2]}],
+            "rejected": [{"role": "assistant", "content": worst[2]}],
+            "score_chosen": float(best[0]), "score_rejected": float(worst[0])}
+
+
+# ---------------------------------------------------------------- finalize ----------------------
+def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float) -> dict:
+    """After the pipeline: views, stats.json, README.md and report/ from data/ and rejects/.
+
+    `stats` is {stage: {"in", "kept", "out", "rejected": {reason: n}}} in pipeline order (see
+    collect_stage_stats); `config` the run's config as a dict, shown in the card with secrets
+    masked. Returns counts and paths for the entry point to print.
+    """
+    data_dir, rejects_dir = FileSystems.join(out_dir, DATA), FileSystems.join(out_dir, REJECTS)
+    if not _match(data_dir, f"{SPLIT}-*-of-*.parquet"):
+        raise FileNotFoundError(f"no Parquet shards in {data_dir}: did the pipeline's WriteRecords run?")
+    tally = report.Tally()
+    views = {SFT: 0, DPO: 0}
+    for view in views:
+        _clear(FileSystems.join(out_dir, view))
+    for index, num_shards, table in read_shards(data_dir, _DATA_COLUMNS):
+        rows = table.to_pylist()
+        for row in rows:
+            tally.add("kept", row)
+        for view, to_row, schema in ((SFT, sft_row, SFT_SCHEMA), (DPO, dpo_row, DPO_SCHEMA)):
+            view_rows = [v for v in map(to_row, rows) if v is not None]
+            views[view] += len(view_rows)
+            path = FileSystems.join(out_dir, view, shard_name(index, num_shards))
+            write_bytes(path, parquet_bytes(pa.Table.from_pylist(view_rows, schema=schema)))
+    for _, _, table in read_shards(rejects_dir, _REJECT_COLUMNS):
+        for row in table.to_pylist():
+            tally.add("rejected", row)
+
+    summary = report.summarize(stats, tally, views, wall_seconds)
+    write_bytes(FileSystems.join(out_dir, "stats.json"), json.dumps(summary, indent=2).encode("utf-8"))
+    card = report.render_card(summary, config)
+    write_bytes(FileSystems.join(out_dir, "README.md"), card.encode("utf-8"))
+    images = {"funnel.png": report.render_funnel(summary),
+              "critique_scores.png": report.render_critique(summary),
+              "domains.png": report.render_domains(summary)}
+    for name, png in images.items():
+        write_bytes(FileSystems.join(out_dir, REPORT, name), png)
+    write_bytes(FileSystems.join(out_dir, REPORT, "index.html"),
+                report.render_index(summary, list(images)).encode("utf-8"))
+    log.info("dataset at %s: %d kept, %d rejected, %d SFT rows, %d DPO pairs",
+             out_dir, tally.kept, tally.rejected, views[SFT], views[DPO])
+    return {"out_dir": out_dir, "kept": tally.kept, "rejected": tally.rejected, "sft": views[SFT],
+            "dpo": views[DPO], "paths": {name: FileSystems.join(out_dir, name) for name in
+                                         (DATA, REJECTS, SFT, DPO, "stats.json", "README.md", REPORT)}}
+
+
+def _clear(directory: str) -> None:
+    stale = [m.path for m in _match(directory, "*.parquet")]
+    if stale:
+        FileSystems.delete(stale)
+
+
+# ---------------------------------------------------------------- hub upload --------------------
+class PushError(RuntimeError):
+    """The upload could not start or failed; the message never contains the token."""
+
+
+def push_to_hub(out_dir: str, repo_id: str, private: bool = True) -> str:
+    """Upload data, views, card, stats and report as a dataset repo; returns the repo URL.
+
+    Only UPLOAD_PATTERNS go up (never the request cache); stale shards of an earlier push are
+    deleted in the same commit. The token is read from HF_TOKEN and never printed or logged.
+    """
+    from huggingface_hub import HfApi  # imported here: only needed when pushing
+
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        raise PushError("push_to_hub needs a Hugging Face token with write access in the HF_TOKEN "
+                        "environment variable")
+    if "://" in out_dir:
+        raise PushError(f"push_to_hub uploads a local directory; copy {out_dir} to a local path first")
+    if not os.path.isfile(os.path.join(out_dir, "README.md")):
+        raise PushError(f"{out_dir} has no README.md: run finalize before pushing")
+    try:
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=out_dir, repo_type="dataset",
+                          allow_patterns=UPLOAD_PATTERNS,
+                          delete_patterns=[f"{d}/*.parquet" for d in (DATA, REJECTS, SFT, DPO)],
+                          commit_message="synthpost: upload synthetic dataset")
+    except Exception as err:  # noqa: BLE001 - re-raised below with the token scrubbed
+        failure = f"upload to {repo_id} failed: {type(err).__name__}: {str(err).replace(token, '***')}"
+    else:
+        log.info("pushed %s to the hub dataset %s", out_dir, repo_id)
+        return str(url)
+    raise PushError(failure)  # outside `except`: the original error (and its text) is not chained

@@ -120,11 +120,7 @@ class Record:
         if data.get("consistency") is not None:
             data["consistency"] = Consistency(**data["consistency"])
         if data.get("critique") is not None:
-            crit = dict(data["critique"])
-            scores = crit.get("scores") or {}
-            # Arrow stores a map as a list of (key, value) pairs
-            crit["scores"] = dict(scores) if not isinstance(scores, dict) else scores
-            data["critique"] = Critique(**crit)
+            data["critique"] = Critique(**data["critique"])
         return cls(**data)
 
     def to_json(self) -> str:
@@ -143,7 +139,10 @@ _RESPONSE = pa.struct([("text", pa.string()), ("model", pa.string()), ("finish_r
                        ("final_answer", pa.string()), ("score", pa.float64())])
 _CONSISTENCY = pa.struct([("answers", pa.list_(pa.string())), ("majority", pa.string()),
                           ("agreement", pa.float64()), ("method", pa.string())])
-_CRITIQUE = pa.struct([("scores", pa.map_(pa.string(), pa.int64())), ("rationale", pa.string()),
+# scores as a struct of the five aspects (null when not scored), not a map: `datasets` has no
+# feature type for Arrow maps, so load_dataset would fail on the Parquet shards.
+_SCORES = pa.struct([(aspect, pa.int64()) for aspect in CRITIQUE_ASPECTS])
+_CRITIQUE = pa.struct([("scores", _SCORES), ("rationale", pa.string()),
                        ("model", pa.string()), ("mean", pa.float64())])
 
 ARROW_SCHEMA = pa.schema([
@@ -158,12 +157,23 @@ ARROW_SCHEMA = pa.schema([
 
 
 def to_arrow(records: list[Record]) -> pa.Table:
+    """Records → Arrow table. Aspects outside CRITIQUE_ASPECTS are not representable: they raise."""
     rows = [r.to_dict() for r in records]
     for row in rows:
         if row["critique"] is not None:
-            row["critique"]["scores"] = list(row["critique"]["scores"].items())
+            scores = row["critique"]["scores"]
+            unknown = sorted(set(scores) - set(CRITIQUE_ASPECTS))
+            if unknown:
+                raise ValueError(f"record {row['id']}: unknown critique aspects {unknown}")
+            row["critique"]["scores"] = {aspect: scores.get(aspect) for aspect in CRITIQUE_ASPECTS}
     return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
 
 
 def from_arrow(table: pa.Table) -> list[Record]:
-    return [Record.from_dict(row) for row in table.to_pylist()]
+    records = []
+    for row in table.to_pylist():
+        if row.get("critique") is not None:
+            scores = row["critique"]["scores"] or {}
+            row["critique"]["scores"] = {a: s for a, s in scores.items() if s is not None}
+        records.append(Record.from_dict(row))
+    return records

@@ -32,11 +32,10 @@ from datagen.generate import GenerateStage
 from datagen.inference import registry
 from datagen.inference.base import InferenceError
 from datagen.inference.models import resolve_model
-from datagen.output import WriteRecords, finalize, push_to_hub
+from datagen.output import WriteRecords, collect_stage_stats, finalize, push_to_hub
 from datagen.respond import RespondStage
 from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
-from datagen.stage import STATS_NAMESPACE_PREFIX
 from pipelines.config import ConfigError, load_config, parse_overrides, to_dict
 from pipelines.synth_config import SynthConfig
 
@@ -119,25 +118,13 @@ def build(p: beam.Pipeline, cfg: SynthConfig) -> None:
      | "write_rejected" >> WriteRecords(out, "rejects", cfg.output.shard_records))
 
 
-def collect_stats(result: Any) -> tuple[dict[str, dict], dict[str, int]]:
-    """Per-stage {in, kept, out, rejected: {reason: n}} from Beam metrics, in pipeline order."""
-    stages: dict[str, dict] = {}
-    cache = {"hits": 0, "misses": 0}
+def cache_counts(result: Any) -> dict[str, int]:
+    counts = {"hits": 0, "misses": 0}
     for counter in result.metrics().query()["counters"]:
-        ns, name = counter.key.metric.namespace, counter.key.metric.name
-        value = counter.committed if counter.committed is not None else counter.attempted
-        if ns == CACHE_NAMESPACE:
-            cache[name] = cache.get(name, 0) + value
-        elif ns.startswith(STATS_NAMESPACE_PREFIX):
-            entry = stages.setdefault(ns[len(STATS_NAMESPACE_PREFIX):],
-                                      {"in": 0, "kept": 0, "out": 0, "rejected": {}})
-            if name.startswith("rejected:"):
-                reason = name.split(":", 1)[1]
-                entry["rejected"][reason] = entry["rejected"].get(reason, 0) + value
-            else:
-                entry[name] = entry.get(name, 0) + value
-    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
-    return dict(sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order)))), cache
+        if counter.key.metric.namespace == CACHE_NAMESPACE:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + int(value)
+    return counts
 
 
 def preflight(cfg: SynthConfig, local: bool) -> list[registry.ModelConfig]:
@@ -177,9 +164,9 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     if getattr(options.view_as(StandardOptions), "runner", None) == "DataflowRunner" and \
             options.get_all_options().get("dry_run"):
         return {"dry_run": True}
-    stats, cache = collect_stats(result)
+    stats = collect_stage_stats(result, STAGE_ORDER)
     summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started)
-    summary["cache"] = cache
+    summary["model_calls_from_cache"] = cache_counts(result)
     if cfg.output.push_to_hub:
         push_to_hub(cfg.output.dir, cfg.output.push_to_hub, private=cfg.output.private)
     return summary

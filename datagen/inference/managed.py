@@ -19,6 +19,13 @@ def on_cpu() -> bool:
         return True
 
 
+def server_env(cfg) -> dict[str, str]:
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib)))}
+    if cfg.single_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
 def server_args(cfg) -> list[str]:
     args = ["--max-model-len", str(cfg.max_model_len), "--dtype", "auto"]
     eager = on_cpu() if cfg.enforce_eager is None else cfg.enforce_eager
@@ -28,13 +35,14 @@ def server_args(cfg) -> list[str]:
         args.append("--no-enable-chunked-prefill")
     if cfg.trust_remote_code:
         args.append("--trust-remote-code")
+    if cfg.single_process:
+        args += ["--distributed-executor-backend", "uni"]
     return args + list(cfg.extra_server_args)
 
 
 class ManagedVLLM(OpenAIEndpointLLM):
     def __init__(self, cfg, model_path: str) -> None:
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib)))}
-        self.server = VLLMServer(model_path, cfg.name, server_args(cfg), env=env,
+        self.server = VLLMServer(model_path, cfg.name, server_args(cfg), env=server_env(cfg),
                                  start_timeout=cfg.start_timeout)
         self.max_restarts = cfg.max_restarts
         self.server.start()
