@@ -50,11 +50,11 @@ def first_token_seconds(base_url: str) -> float:
     return time.monotonic() - start
 
 
-# mode → (ModelConfig overrides, extra env). "lean" keeps engine core and worker in the API
-# server's process: two fewer Python processes importing torch+vLLM at start.
+# mode → (ModelConfig overrides, extra env). Tried and dropped: engine core and worker inside
+# the API server process (VLLM_ENABLE_V1_MULTIPROCESSING=0 + uni executor): no faster start,
+# and decoding fell below 1 tok/s because the API server then shares the engine's one core.
 MODES = {
     "eager": ({"enforce_eager": True}, {}),
-    "lean": ({"enforce_eager": True, "single_process": True}, {}),
     "compiled": ({"enforce_eager": False}, {}),
 }
 
@@ -80,7 +80,7 @@ def measure(mode: str, concurrencies: list[int], max_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--modes", default="eager,lean,compiled,compiled-restart",
+    parser.add_argument("--modes", default="eager,compiled,compiled-restart",
                         help="comma list of: " + ", ".join(MODES) + " (suffix -restart: a second start)")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--max_tokens", type=int, default=64)

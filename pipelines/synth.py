@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -95,15 +96,19 @@ def models_with_cache(cfg: SynthConfig) -> dict[str, registry.ModelConfig]:
 def build(p: beam.Pipeline, cfg: SynthConfig) -> None:
     """Compose the stages; kept records go to data/, every rejected one to rejects/."""
     models = models_with_cache(cfg)
+    # expansion applies to the low-resource domains generation was told about
+    evolve_cfg = dataclasses.replace(
+        cfg.evolve, low_resource_domains=cfg.evolve.low_resource_domains or cfg.generate.low_resource_domains)
+    domains = [*cfg.generate.domains, *cfg.generate.low_resource_domains]
     seeds = p | "seeds" >> SeedsStage(cfg.seeds)
     rejected = [seeds.rejected]
     records = seeds.kept
     stages = [
         ("generate", GenerateStage(cfg.generate, models)),
-        ("evolve", EvolveStage(cfg.evolve, models, low_resource_domains=cfg.generate.low_resource_domains)),
+        ("evolve", EvolveStage(evolve_cfg, models)),
         ("dedup", DedupStage(cfg.dedup)),
         ("decontam", DecontamStage(cfg.decontam)),
-        ("respond", RespondStage(cfg.respond, models)),
+        ("respond", RespondStage(cfg.respond, models, domains)),
         ("rules", RulesStage(cfg.rules)),
         ("consistency", ConsistencyStage(cfg.consistency)),
         ("critique", CritiqueStage(cfg.critique, models)),
@@ -155,20 +160,46 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
         # warm the servers while Beam builds the graph and reads seeds
         cached = models_with_cache(cfg)
         registry.prestart([cached[n] for n in cfg.models if cfg.models[n] in used])
-    log.info("output: %s", os.path.abspath(cfg.output.dir))
+    out = cfg.output.dir
+    log.info("output: %s", out if "://" in out else os.path.abspath(out))
     pipeline = beam.Pipeline(options=options)
     build(pipeline, cfg)
     with progress.ProgressPrinter(STAGE_ORDER):
         result = pipeline.run()
         result.wait_until_finish()
-    if getattr(options.view_as(StandardOptions), "runner", None) == "DataflowRunner" and \
-            options.get_all_options().get("dry_run"):
-        return {"dry_run": True}
+    if options.get_all_options().get("dry_run"):
+        return dry_run_summary(result, options)
     stats = collect_stage_stats(result, STAGE_ORDER)
     summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started)
     summary["model_calls_from_cache"] = cache_counts(result)
     if cfg.output.push_to_hub:
         push_to_hub(cfg.output.dir, cfg.output.push_to_hub, private=cfg.output.private)
+    return summary
+
+
+def dry_run_summary(result: Any, options: PipelineOptions) -> dict[str, Any]:
+    """A translated-but-not-submitted Dataflow job: what would run where; kept as JSON if asked."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    job = result.job
+    components = job.proto_pipeline.components
+    images = sorted({beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+                     for env in components.environments.values() if env.urn == "beam:env:docker:v1"})
+    every = options.get_all_options()
+    translated = {
+        "container_images": images,
+        "transforms": sorted(t.unique_name for t in components.transforms.values()),
+        "dataflow_service_options": every.get("dataflow_service_options") or [],
+        "machine_type": every.get("machine_type"),
+    }
+    summary: dict[str, Any] = {"dry_run": "Dataflow job translated, not submitted",
+                               "transforms": len(translated["transforms"]), "container_images": images,
+                               "service_options": translated["dataflow_service_options"]}
+    job_file = every.get("dataflow_job_file")
+    if job_file:
+        with open(job_file, "w", encoding="utf-8") as f:
+            json.dump(translated, f, indent=2)
+        summary["job_file"] = job_file
     return summary
 
 

@@ -21,8 +21,6 @@ def on_cpu() -> bool:
 
 def server_env(cfg) -> dict[str, str]:
     env = {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib)))}
-    if cfg.single_process:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
 
 
@@ -35,8 +33,7 @@ def server_args(cfg) -> list[str]:
         args.append("--no-enable-chunked-prefill")
     if cfg.trust_remote_code:
         args.append("--trust-remote-code")
-    if cfg.single_process:
-        args += ["--distributed-executor-backend", "uni"]
+
     return args + list(cfg.extra_server_args)
 
 

@@ -38,7 +38,6 @@ class ModelConfig:
     kv_cache_gib: float = 2.0  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     max_model_len: int = 4096
     enforce_eager: bool | None = None  # None: eager on CPU (cold start 55 s vs 140 s), compiled on GPU
-    single_process: bool = False  # engine + worker inside the API server process: faster cold start
     chunked_prefill: bool = False  # off: vllm-cpu 0.32 crashes on seeded chunked prefills
     trust_remote_code: bool = False
     extra_server_args: list[str] = field(default_factory=list)
