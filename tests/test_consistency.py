@@ -1,0 +1,243 @@
+"""Self-consistency: answer extractors, equivalence, the code sandbox, then the stage on the
+DirectRunner with exact outputs, rejection reasons and counters."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from datagen.consistency import (Answer, ConsistencyConfig, ConsistencyStage, RunResult, extract_boxed,
+                                 extract_code, extract_math_answer, extract_short_answer, group_answers,
+                                 math_equivalent, normalize_short, run_sandboxed)
+from datagen.record import Consistency, LineageStep, Record, Response
+from datagen.stage import STATS_NAMESPACE_PREFIX
+
+CFG = ConsistencyConfig()
+_SINK: dict[str, list] = collections.defaultdict(list)
+
+
+def _collect(record, name):
+    _SINK[name].append(record)
+
+
+def run_consistency(records, cfg=CFG):
+    _SINK.clear()
+    p = beam.Pipeline(runner="DirectRunner")
+    result = p | beam.Create(records) | ConsistencyStage(cfg)
+    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
+    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
+    run = p.run()
+    run.wait_until_finish()
+    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "consistency"))
+    counters = {c.key.metric.name: c.committed for c in query["counters"]}
+    return (sorted(_SINK["kept"], key=lambda r: r.seed_id), sorted(_SINK["rejected"], key=lambda r: r.seed_id),
+            counters)
+
+
+def item(seed, domain, *texts, tests="", objective=True):
+    return Record(seed_id=seed, domain=domain, instruction=f"question {seed}", objective=objective, tests=tests,
+                  responses=[Response(t, model="m", finish_reason="stop") for t in texts])
+
+
+def lineage(method):
+    return [LineageStep("consistency", params_json=json.dumps({"method": method, "threshold": 0.5},
+                                                                sort_keys=True))]
+
+
+# -- math answers -------------------------------------------------------------------------------
+def test_boxed_takes_the_last_box_with_balanced_braces():
+    assert extract_boxed(r"first \boxed{1}, then \boxed{\frac{1}{2}}.") == r"\frac{1}{2}"
+    assert extract_boxed(r"\boxed{\frac{1}{2}") is None
+    assert extract_boxed("no box") is None
+
+
+def test_math_answer_order_boxed_then_stated_then_equation_then_last_number():
+    assert extract_math_answer(r"So $x = \boxed{\frac{1}{2}}$. Check: 3") == r"\frac{1}{2}"
+    assert extract_math_answer("We add. The answer is 42. Done in 3 steps.") == "42"
+    assert extract_math_answer("**Answer:** $3.5$") == "3.5"
+    assert extract_math_answer("Final answer: 1,000 dollars.") == "1,000 dollars"
+    assert extract_math_answer("Adding:\n2 + 2 = 4") == "4"
+    assert extract_math_answer("3 apples and 5 pears make 8 fruit in all") == "8"
+    assert extract_math_answer("1,250 people came") == "1250"
+    assert extract_math_answer("I cannot solve this.") is None
+
+
+def test_math_equivalence_uses_math_verify_and_string_fallbacks():
+    assert math_equivalent("1/2", "0.5")
+    assert math_equivalent(r"\frac{1}{2}", "0.5")
+    assert math_equivalent(r"2\sqrt{2}", r"\sqrt{8}")
+    assert math_equivalent("x = 3", "3")
+    assert math_equivalent("1,000", "1000")
+    assert math_equivalent("12 dollars", "12")
+    assert not math_equivalent("3", "4")
+    assert not math_equivalent("abc", "abd")
+    # power towers never reach sympy: equal strings still agree, different ones do not
+    assert math_equivalent("9^9^9", "9^9^9")
+    assert not math_equivalent("2^{99999}", "2^{99998}")
+
+
+# -- short answers ------------------------------------------------------------------------------
+def test_short_answers_normalise_case_punctuation_articles_and_spaces():
+    assert normalize_short("  The  Nile, river! ") == "nile river"
+    assert extract_short_answer("Paris.") == "paris"
+    assert extract_short_answer("Let me think.\nThe answer is: Paris!") == "paris"
+    assert extract_short_answer(r"It is \boxed{The Nile}") == "nile"
+    assert extract_short_answer("The capital is Paris. It is large.") == "capital is paris"
+    assert extract_short_answer(" \n ... ") is None
+
+
+# -- code ---------------------------------------------------------------------------------------
+def test_code_blocks_that_parse_are_joined_in_order():
+    text = ("Here:\n```python\ndef f(x):\n    return x\n```\nUse it:\n```py\nprint(f(2))\n```\n"
+            "```\n>>> f(2)\n2\n```\n```bash\nls\n```")
+    assert extract_code(text) == "def f(x):\n    return x\n\nprint(f(2))"
+
+
+def test_code_without_fences_or_with_broken_fences():
+    assert extract_code("def f(x):\n    return x") == "def f(x):\n    return x"
+    assert extract_code("```python\ndef f(:\n```") == "def f(:\n"
+    assert extract_code("Just prose, no code.") is None
+
+
+def test_sandbox_passing_and_failing_tests():
+    assert run_sandboxed("def add(a, b):\n    return a + b", "assert add(1, 2) == 3") == RunResult(True, "", "")
+    assert run_sandboxed("def add(a, b):\n    return a - b", "assert add(1, 2) == 3") == RunResult(
+        False, "", "AssertionError")
+    # the solution's demo block does not run under tests; it does when run alone
+    demo = "def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    print(add(2, 2))"
+    assert run_sandboxed(demo, "assert add(1, 1) == 2") == RunResult(True, "", "")
+    assert run_sandboxed(demo) == RunResult(True, "4\n", "")
+
+
+def test_sandbox_timeout_kills_the_program():
+    assert run_sandboxed("while True:\n    pass", timeout=1.0) == RunResult(False, "", "timeout")
+
+
+def test_sandbox_memory_bomb_hits_the_address_space_limit():
+    assert run_sandboxed("x = bytearray(2 * 1024 ** 3)", memory_mb=128) == RunResult(False, "", "MemoryError")
+
+
+def test_sandbox_refuses_sockets_with_or_without_a_network_namespace():
+    attempt = "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"
+    for namespace in (True, False):
+        result = run_sandboxed(attempt, network_namespace=namespace)
+        assert result == RunResult(False, "", "PermissionError: sandbox: socket.getaddrinfo is not allowed")
+    raw = run_sandboxed("import _socket\n_socket.socket()", network_namespace=False)
+    assert raw.error == "PermissionError: sandbox: socket.__new__ is not allowed"
+
+
+def test_sandbox_refuses_processes_and_writes_outside_its_directory(tmp_path):
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    assert run_sandboxed("import subprocess\nsubprocess.run(['true'])").error == (
+        "PermissionError: sandbox: subprocess.Popen is not allowed")
+    assert run_sandboxed(f"import os\nos.remove({str(target)!r})").error == (
+        "PermissionError: sandbox: os.remove outside the sandbox directory")
+    assert run_sandboxed(f"open({str(target)!r}, 'w').write('gone')").error == (
+        "PermissionError: sandbox: open outside the sandbox directory")
+    assert target.read_text() == "keep me"
+    assert run_sandboxed("open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())") == (
+        RunResult(True, "ok\n", ""))
+
+
+def test_sandbox_reports_exit_before_tests_and_oversized_output():
+    assert run_sandboxed("import sys\nsys.exit(0)", "assert False").error == (
+        "solution exited before the tests ran (0)")
+    flood = run_sandboxed("print('x' * 10 ** 7)", output_kb=64)
+    assert (flood.ok, flood.error) == (False, "OSError: [Errno 27] File too large")
+
+
+# -- grouping -----------------------------------------------------------------------------------
+def test_grouping_skips_non_answers_and_keeps_first_appearance_order():
+    answers = [Answer("2", "2"), Answer("", None), Answer("3", "3"), Answer("2.0", "2.0"), Answer("3", "3")]
+    assert group_answers(answers, math_equivalent) == [[0, 3], [2, 4]]
+    assert group_answers([Answer("x", "x")], lambda a, b: 1 / 0) == [[0]]
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def test_stage_keeps_majorities_and_rejects_with_exact_reasons():
+    math_ok = item("a-math", "math", r"So \boxed{\frac{1}{2}}.", "The answer is 0.5.", "wrong: 7", "x = 1/2")
+    math_split = item("b-math", "math", r"\boxed{1}", r"\boxed{2}", r"\boxed{3}", r"\boxed{4}")
+    math_tie = item("c-math", "math", "answer is 2", "answer is 2", "answer is 3", "answer is 3")
+    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+    good = "```python\ndef add(a, b):\n    return a + b\n```"
+    code_ok = item("d-code", "code", good, good, "```python\ndef add(a, b):\n    return a * b\n```",
+                   "No code, sorry.", tests=tests)
+    printing = "```python\nprint(sum(range(5)))\n```"
+    code_stdout = item("e-code", "code", printing, printing, "```python\nprint(1/0)\n```")
+    short_ok = item("f-qa", "science", "Oxygen.", "The answer is oxygen", "Nitrogen")
+    single = item("g-math", "math", r"\boxed{5}")
+    no_answer = item("h-math", "math", "I do not know.", "Hard question.")
+    essay = item("i-essay", "humanities", "An essay.", objective=False)
+
+    kept, rejected, counters = run_consistency(
+        [math_ok, math_split, math_tie, code_ok, code_stdout, short_ok, single, no_answer, essay])
+
+    def narrowed(rec, method, keep, shown, majority, agreement):
+        return dataclasses.replace(
+            rec, lineage=lineage(method),
+            responses=[dataclasses.replace(rec.responses[i], final_answer=shown[i]) for i in keep],
+            consistency=Consistency(answers=shown, majority=majority, agreement=agreement, method=method))
+
+    assert kept == [
+        narrowed(math_ok, "math", [0, 1, 3], [r"\frac{1}{2}", "0.5", "7", "1/2"], r"\frac{1}{2}", 0.75),
+        narrowed(code_ok, "code", [0, 1], ["pass", "pass", "fail: AssertionError", ""], "pass", 0.5),
+        narrowed(code_stdout, "code", [0, 1],
+                 ["stdout: 10", "stdout: 10", "fail: ZeroDivisionError: division by zero"], "stdout: 10", 2 / 3),
+        narrowed(short_ok, "short", [0, 1], ["oxygen", "oxygen", "nitrogen"], "oxygen", 2 / 3),
+        dataclasses.replace(essay, consistency=Consistency(method="skipped")),
+    ]
+    assert [(r.seed_id, r.reject_stage, r.reject_reason, r.reject_detail) for r in rejected] == [
+        ("b-math", "consistency", "inconsistent", 'agreement=0.25 answers=["1", "2", "3", "4"]'),
+        ("c-math", "consistency", "inconsistent", 'agreement=0.50 tie answers=["2", "2", "3", "3"]'),
+        ("g-math", "consistency", "too_few_answers", "1 responses, need 2"),
+        ("h-math", "consistency", "no_final_answer", "method=math responses=2"),
+    ]
+    assert all(r.lineage == lineage("math") for r in rejected)
+    assert counters == {"in": 9, "kept": 5, "out": 5, "rejected:inconsistent": 2,
+                        "rejected:too_few_answers": 1, "rejected:no_final_answer": 1}
+    assert counters["kept"] + sum(v for k, v in counters.items() if k.startswith("rejected:")) == counters["in"]
+
+
+def test_threshold_and_min_answers_come_from_config():
+    rec = item("a", "math", "answer is 2", "answer is 2", "answer is 3")
+    kept, rejected, _ = run_consistency([rec], ConsistencyConfig(threshold=0.7))
+    assert (kept, [r.reject_detail for r in rejected]) == ([], ['agreement=0.67 answers=["2", "2", "3"]'])
+    kept, rejected, counters = run_consistency([item("b", "math", r"\boxed{5}")], ConsistencyConfig(min_answers=1))
+    assert [r.consistency.agreement for r in kept] == [1.0] and counters["kept"] == 1
+
+
+# -- properties: the extractors never raise and return a value or None --------------------------
+_MATHY = st.text(alphabet=st.sampled_from(list("0123456789.,/=-+^{}()$\\ abxboxedfracanswer is:\n")),
+                 max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(max_size=300), _MATHY))
+def test_extractors_never_raise(text):
+    for extract in (extract_math_answer, extract_short_answer, extract_code, extract_boxed):
+        out = extract(text)
+        assert out is None or (isinstance(out, str) and out.strip())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_MATHY, _MATHY)
+def test_math_equivalence_never_raises_and_is_reflexive(a, b):
+    assert isinstance(math_equivalent(a, b), bool)
+    if a.strip():
+        assert math_equivalent(a, a)
+
+
+def test_sandbox_leaves_no_temp_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    run_sandboxed("print(1)")
+    assert os.listdir(tmp_path) == []
