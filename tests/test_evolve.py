@@ -1,0 +1,211 @@
+"""Evolution: output parsing, the failed-evolution checks, then rounds and expansion on Beam."""
+from __future__ import annotations
+
+import collections
+import re
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datagen.evolve import (STAGE, TEMPLATE_VERSION, EvolveConfig, EvolveStage, build_prompt, check_evolution,
+                            choose_operation, parse_evolved)
+from datagen.inference.fake import FakeLLM
+from datagen.inference.registry import ModelConfig, install
+from datagen.record import EvolutionStep, Record
+from datagen.stage import STATS_NAMESPACE_PREFIX
+from pipelines.config import ConfigError, load_config
+from pipelines.synth_config import SynthConfig
+
+PIECES = ["Sure! Here is the rewritten question:", "Answer:", "1. ", "2. ", "```", "\n", "\n\n", ":", "?", "？",
+          "Instruction: ", "This version adds", "\\boxed{2}", "12", "3.5", "勾股定理", "Why is the sky blue"]
+MESSY = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=12)), max_size=30).map("".join)
+REASONS = {"", "evolution_copy", "evolution_lost_information", "evolution_became_answer", "evolution_unparseable"}
+_SINK: dict[str, list] = collections.defaultdict(list)
+
+
+def _collect(record, name):
+    _SINK[name].append(record)
+
+
+def run(records, cfg, llm, namespaces=(STAGE,)):
+    _SINK.clear()
+    model = ModelConfig(backend="fake", model="evolve-test")
+    install(model, llm)
+    p = beam.Pipeline(runner="DirectRunner")
+    result = p | beam.Create(records) | EvolveStage(cfg, {"default": model})
+    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
+    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
+    outcome = p.run()
+    outcome.wait_until_finish()
+    counters = {}
+    for ns in namespaces:
+        query = outcome.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + ns))
+        counters[ns] = {c.key.metric.name: c.committed for c in query["counters"]}
+    by_text = lambda r: r.instruction  # noqa: E731
+    return sorted(_SINK["kept"], key=by_text), sorted(_SINK["rejected"], key=by_text), counters
+
+
+def instruction_in(prompt: str) -> str:
+    return re.search(r"(?:Instruction|Question): (.*)\n\n", prompt).group(1)
+
+
+# -- parsing and checks -------------------------------------------------------------------------
+def test_parse_evolved_strips_chatter_labels_answers_and_extra_candidates():
+    assert parse_evolved("Sure! Here is the rewritten instruction:\n\nFind the area of a 6 cm by 4 cm "
+                         "rectangle.\n\nThis version adds units.") == "Find the area of a 6 cm by 4 cm rectangle."
+    assert parse_evolved("Here is the harder task: Compute 3+4, then square it.") == "Compute 3+4, then square it."
+    assert parse_evolved("1. Find x if 2x=4.\n2. Find y if 3y=9.") == "Find x if 2x=4."
+    assert parse_evolved('Rewritten instruction:\n"What is 2+2?"\nAnswer: 4') == "What is 2+2?"
+    assert parse_evolved("Instruction: Explain photosynthesis\nto a child.") == "Explain photosynthesis to a child."
+    assert parse_evolved("```\nWrite a haiku about rain.\n```") == "Write a haiku about rain."
+    assert parse_evolved("Sure!") == "" and parse_evolved("") == ""
+
+
+CFG = EvolveConfig()
+
+
+@pytest.mark.parametrize("operation,before,after,reason", [
+    ("clarify", "Why do plants need sunlight?", "Why do plants need sunlight to make their food?", ""),
+    ("clarify", "What is the boiling point of water?", "What is the boiling point of water?", "evolution_copy"),
+    ("harder", "How many legs does a spider have?", "A spider has eight legs.", "evolution_became_answer"),
+    ("harder", "How many legs does a spider have?", "The answer is: how many? Eight.", "evolution_became_answer"),
+    ("harder", "A train travels 120 km in 2 hours. What is its speed?", "What is the speed of a train?",
+     "evolution_lost_information"),
+    ("clarify", "Describe the causes of the French Revolution.", "Describe an event in detail, please.",
+     "evolution_lost_information"),
+    ("clarify", "Name three primary colors.", "ok", "evolution_unparseable"),
+    ("expand", "What is a will?", "What is a will?", "evolution_copy"),
+    ("expand", "What is a will?", "Explain what a lease must contain.", ""),
+])
+def test_check_evolution(operation, before, after, reason):
+    assert check_evolution(operation, before, after, [], CFG)[0] == reason
+
+
+def test_real_smollm2_harder_output_is_an_answer():
+    before = "A rectangle is 8 cm long and 5 cm wide. What is its perimeter?"
+    raw = ("A rectangle is a square object that has an edge length of 8 cm.  It measures 5 cm wide. This means "
+           "the perimeter of a rectangle is 8 + 5 = 13 cm.")
+    assert check_evolution("harder", before, parse_evolved(raw), [], CFG)[0] == "evolution_became_answer"
+
+
+def test_check_evolution_details():
+    assert check_evolution("harder", "Add 120 and 2.", "Add the numbers together, please.", [], CFG) == (
+        "evolution_lost_information", "numbers missing: 120, 2")
+    assert check_evolution("expand", "What is a will?", "Explain what a lease is.", ["Explain what a lease is."],
+                           CFG) == ("evolution_copy", "similarity 1.00 to 'Explain what a lease is.'")
+
+
+def test_operation_choice_is_deterministic_and_expand_only_for_low_resource():
+    cfg = EvolveConfig(operations=["clarify", "expand", "harder"], low_resource_domains=["law"])
+    records = [Record(f"s{i}", domain="science", instruction=f"Why {i}?") for i in range(60)]
+    chosen = [choose_operation(r, 1, cfg) for r in records]
+    assert chosen == [choose_operation(r, 1, cfg) for r in records]
+    assert set(chosen) == {"clarify", "harder"}
+    assert "expand" in {choose_operation(Record(f"s{i}", domain="law", instruction="x"), 1, cfg) for i in range(30)}
+    assert choose_operation(records[0], 1, EvolveConfig(operations=["expand"])) is None
+
+
+def test_prompts_ask_for_chinese_for_chinese_instructions():
+    assert "请用中文写" in build_prompt("clarify", Record("s", instruction="什么是勾股定理？"), [])
+    assert build_prompt("harder", Record("s", instruction="Why is 7 prime?"), []).startswith(
+        "Rewrite the question below into a harder question:")
+    assert "Instruction: Name a prime.\n" in build_prompt("clarify", Record("s", instruction="Name a prime."), [])
+    prompt = build_prompt("expand", Record("s", domain="law", instruction="What is a will?"), ["What is a lease?"])
+    assert "1. What is a will?\n2. What is a lease?" in prompt and "new law task" in prompt
+
+
+@settings(max_examples=200, deadline=None)
+@given(MESSY, st.text(max_size=120), st.sampled_from(["clarify", "harder", "expand"]))
+def test_parse_and_check_never_raise(raw, before, operation):
+    after = parse_evolved(raw)
+    assert isinstance(after, str) and after == after.strip()
+    assert check_evolution(operation, before, after, [before[:20]], CFG)[0] in REASONS
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="evolve: unknown operation 'shorter' in operations"):
+        load_config(SynthConfig, overrides=["--evolve.operations", "[clarify, shorter]"])
+    with pytest.raises(ConfigError, match="evolve.model: 'big'"):
+        EvolveStage(EvolveConfig(model="big"), {"default": ModelConfig()})
+
+
+# -- the stage ----------------------------------------------------------------------------------
+CLARIFY_OUT = {
+    "Why do plants need sunlight?": "Sure! Here it is:\nWhy do plants need sunlight to make their food?",
+    "What is the boiling point of water?": "What is the boiling point of water?",
+    "How many legs does a spider have?": "A spider has eight legs.",
+    "A train travels 120 km in 2 hours. What is its speed?": "What is the speed of a train?",
+    "Name three primary colors.": "Sure!",
+}
+
+
+def test_stage_exact_records_and_reasons():
+    records = [Record("s", domain="science", instruction=text) for text in CLARIFY_OUT]
+    llm = FakeLLM(lambda req: CLARIFY_OUT[instruction_in(req.messages[-1][1])], name="evo")
+    kept, rejected, counters = run(records, EvolveConfig(operations=["clarify"]), llm)
+    before = "Why do plants need sunlight?"
+    after = "Why do plants need sunlight to make their food?"
+    assert [(r.instruction, r.evolution) for r in kept] == [
+        (after, [EvolutionStep(1, "clarify", before, after, True, "")])]
+    assert kept[0].id == kept[0].content_id() != records[0].id
+    step = kept[0].lineage[-1]
+    assert (step.stage, step.model, step.template_id, step.template_version) == (
+        "evolve", "fake:evo", "evolve/clarify", TEMPLATE_VERSION)
+    assert [(r.instruction, r.reject_stage, r.reject_reason, r.evolution[-1].accepted, r.evolution[-1].reason)
+            for r in rejected] == [
+        ("A train travels 120 km in 2 hours. What is its speed?", "evolve", "evolution_lost_information", False,
+         "evolution_lost_information"),
+        ("How many legs does a spider have?", "evolve", "evolution_became_answer", False, "evolution_became_answer"),
+        ("Name three primary colors.", "evolve", "evolution_unparseable", False, "evolution_unparseable"),
+        ("What is the boiling point of water?", "evolve", "evolution_copy", False, "evolution_copy")]
+    assert rejected[1].evolution[-1].after == "A spider has eight legs."
+    assert counters[STAGE] == {"in": 5, "kept": 1, "out": 1, "rejected:evolution_copy": 1,
+                               "rejected:evolution_lost_information": 1, "rejected:evolution_became_answer": 1,
+                               "rejected:evolution_unparseable": 1}
+
+
+LAW = ["What is a will?", "What does a notary do?", "When is a contract void?"]
+EXPANSIONS = {LAW[0]: "New task: Explain what a lease must contain.", LAW[1]: LAW[2],
+              LAW[2]: "What rights does a tenant have when the house is sold?"}
+
+
+def test_expand_adds_records_from_in_domain_examples():
+    records = [Record("s", domain="law", instruction=t) for t in LAW]
+    records.append(Record("s", domain="science", instruction="Why is the sky blue?"))
+    llm = FakeLLM(lambda req: EXPANSIONS[re.search(r"\n1\. (.*)\n", req.messages[-1][1]).group(1)], name="evo")
+    cfg = EvolveConfig(operations=["expand"], low_resource_domains=["law"], expand_examples=2)
+    kept, rejected, counters = run(records, cfg, llm)
+    assert rejected == []
+    assert [r.instruction for r in kept] == sorted([*LAW, "Why is the sky blue?", "Explain what a lease must contain.",
+                                                    "What rights does a tenant have when the house is sold?"])
+    by_text = {r.instruction: r for r in kept}
+    assert by_text["Explain what a lease must contain."].evolution == [
+        EvolutionStep(1, "expand", LAW[0], "Explain what a lease must contain.", True, "")]
+    assert by_text[LAW[0]].evolution == [] and by_text["Why is the sky blue?"].evolution == []
+    failed = by_text[LAW[1]].evolution  # a copy of an example: not added, the attempt stays on the original
+    assert [(s.operation, s.accepted, s.reason) for s in failed] == [("expand", False, "evolution_copy")]
+    for call in llm.calls:  # every prompt shows the other two law instructions as examples
+        prompt = call.messages[-1][1]
+        assert sum(text in prompt for text in LAW) == 3 and "sky" not in prompt
+    assert counters[STAGE] == {"in": 4, "kept": 4, "out": 6}
+
+
+def test_two_rounds_keep_the_history_and_count_per_round():
+    llm = FakeLLM(lambda req: instruction_in(req.messages[-1][1]) + " Answer in one paragraph.", name="evo")
+    start = Record("s", domain="science", instruction="Why do plants need sunlight?")
+    kept, rejected, counters = run([start], EvolveConfig(operations=["clarify"], rounds=2), llm,
+                                   namespaces=(STAGE, "evolve_round2"))
+    once = "Why do plants need sunlight? Answer in one paragraph."
+    twice = once + " Answer in one paragraph."
+    assert rejected == [] and [r.instruction for r in kept] == [twice]
+    assert [(s.round, s.before, s.after) for s in kept[0].evolution] == [(1, start.instruction, once), (2, once, twice)]
+    assert counters == {STAGE: {"in": 1, "kept": 1, "out": 1}, "evolve_round2": {"in": 1, "kept": 1, "out": 1}}
+
+
+def test_zero_rounds_pass_records_through():
+    start = Record("s", domain="science", instruction="Why do plants need sunlight?")
+    kept, rejected, _ = run([start], EvolveConfig(rounds=0), FakeLLM(name="evo"))
+    assert kept == [start] and rejected == []
