@@ -28,7 +28,7 @@ from datasketch import MinHash, MinHashLSH
 
 from datagen.record import Record
 from datagen.rules import words
-from datagen.stage import StageResult, _Counters, route, run_stage
+from datagen.stage import StageResult, StageCounters, route, run_stage
 
 STAGE = "dedup"
 
@@ -123,7 +123,7 @@ class KeepOrDrop(beam.DoFn):
         self.cfg = cfg
 
     def setup(self) -> None:
-        self._counters = _Counters(STAGE)
+        self._counters = StageCounters(STAGE)
         bands, rows = lsh_bands(self.cfg.threshold, self.cfg.num_perm)
         self._params = {"threshold": self.cfg.threshold, "num_perm": self.cfg.num_perm,
                         "bands": bands, "rows": rows, "shingle_words": self.cfg.shingle_words}

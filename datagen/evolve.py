@@ -33,7 +33,7 @@ from datagen.generate import (ANSWER, CHATTER, MARKER, clean_instruction, is_mos
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import EvolutionStep, Record
-from datagen.stage import REJECTED_TAG, LLMStageFn, StageResult, _Counters
+from datagen.stage import REJECTED_TAG, LLMStageFn, StageResult, StageCounters
 from pipelines.config import ConfigError
 
 STAGE = "evolve"
@@ -163,7 +163,7 @@ class EvolveFn(LLMStageFn):
     def setup(self) -> None:
         super().setup()
         if self.round > 1:
-            self._counters = _Counters(f"{STAGE}_round{self.round}")
+            self._counters = StageCounters(f"{STAGE}_round{self.round}")
 
     def process(self, record: Record, examples: dict | None = None):
         self._examples = examples or {}

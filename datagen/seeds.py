@@ -43,7 +43,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from datagen.record import KEPT, Record
-from datagen.stage import StageResult, _Counters, route, run_stage
+from datagen.stage import StageResult, StageCounters, route, run_stage
 
 STAGE = "seeds"
 DEFAULT_SEEDS_PATH = str(Path(__file__).parent / "data" / "seeds.jsonl")
@@ -335,7 +335,7 @@ class RouteSeeds(beam.DoFn):
     """Count and route each input that made it into the run."""
 
     def setup(self) -> None:
-        self._counters = _Counters(STAGE)
+        self._counters = StageCounters(STAGE)
 
     def process(self, element):
         yield from route(STAGE, self._counters, [element[1]])

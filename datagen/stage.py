@@ -35,7 +35,7 @@ class StageResult(NamedTuple):
     rejected: beam.PCollection
 
 
-class _Counters:
+class StageCounters:
     def __init__(self, stage: str) -> None:
         self.stage = stage
         ns = STATS_NAMESPACE_PREFIX + stage
@@ -51,7 +51,7 @@ class _Counters:
         return self._reasons[reason]
 
 
-def route(stage: str, counters: _Counters, outputs: Iterable[Record], windowed: bool = False):
+def route(stage: str, counters: StageCounters, outputs: Iterable[Record], windowed: bool = False):
     """Yield outputs to the right tag and count the input once."""
     outputs = list(outputs)
     progress.record(stage)
@@ -76,7 +76,7 @@ class RecordFn(beam.DoFn):
     stage = "stage"
 
     def setup(self) -> None:
-        self._counters = _Counters(self.stage)
+        self._counters = StageCounters(self.stage)
 
     def transform(self, record: Record) -> Record | list[Record]:
         raise NotImplementedError
@@ -110,7 +110,7 @@ class LLMStageFn(beam.DoFn):
 
     # -- machinery --------------------------------------------------------------------------
     def setup(self) -> None:
-        self._counters = _Counters(self.stage)
+        self._counters = StageCounters(self.stage)
         self.llm = get_llm(self.model)
 
     def start_bundle(self) -> None:

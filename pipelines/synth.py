@@ -93,6 +93,13 @@ def models_with_cache(cfg: SynthConfig) -> dict[str, registry.ModelConfig]:
     return {name: dataclasses.replace(m, cache_dir=root) for name, m in cfg.models.items()}
 
 
+def stage_order(cfg: SynthConfig) -> list[str]:
+    """Counter namespaces in pipeline order (evolution rounds after the first count separately)."""
+    rounds = [f"evolve_round{r}" for r in range(2, cfg.evolve.rounds + 1)]
+    i = STAGE_ORDER.index("evolve") + 1
+    return STAGE_ORDER[:i] + rounds + STAGE_ORDER[i:]
+
+
 def build(p: beam.Pipeline, cfg: SynthConfig) -> None:
     """Compose the stages; kept records go to data/, every rejected one to rejects/."""
     models = models_with_cache(cfg)
@@ -164,12 +171,12 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     log.info("output: %s", out if "://" in out else os.path.abspath(out))
     pipeline = beam.Pipeline(options=options)
     build(pipeline, cfg)
-    with progress.ProgressPrinter(STAGE_ORDER):
+    with progress.ProgressPrinter(stage_order(cfg)):
         result = pipeline.run()
         result.wait_until_finish()
     if options.get_all_options().get("dry_run"):
         return dry_run_summary(result, options)
-    stats = collect_stage_stats(result, STAGE_ORDER)
+    stats = collect_stage_stats(result, stage_order(cfg))
     summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started)
     summary["model_calls_from_cache"] = cache_counts(result)
     if cfg.output.push_to_hub:
@@ -212,7 +219,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("apache_beam", "httpx", "openai", "datasets", "matplotlib"):
+    for noisy in ("apache_beam", "httpx", "httpx2", "openai", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

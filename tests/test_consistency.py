@@ -12,9 +12,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagen.consistency import (Answer, ConsistencyConfig, ConsistencyStage, RunResult, extract_boxed,
-                                 extract_code, extract_math_answer, extract_short_answer, group_answers,
-                                 math_equivalent, normalize_short, run_sandboxed)
+from datagen.consistency import (Answer, ConsistencyConfig, ConsistencyStage, extract_boxed, extract_code,
+                                 extract_math_answer, extract_short_answer, group_answers, math_equivalent,
+                                 normalize_short)
+from datagen.sandbox import RunResult, run_sandboxed
 from datagen.record import Consistency, LineageStep, Record, Response
 from datagen.stage import STATS_NAMESPACE_PREFIX
 
