@@ -1,0 +1,87 @@
+"""The whole pipeline through `pipelines.synth.main`: every input ends kept or rejected.
+
+A content-aware fake model plays each stage's part (prompts are recognised by their
+templates), so this runs in seconds; test_synth_vllm.py covers the real server path.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import datasets
+import pytest
+
+from datagen.inference import registry
+from datagen.inference.base import Request
+from datagen.inference.fake import FakeLLM
+from datagen.output import read_records
+from pipelines import synth
+
+GOOD_SEEDS = [
+    {"text": "Addition combines numbers: 12 plus 30 makes 42, and 40 plus 2 also makes 42.", "domain": "math"},
+    {"text": "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen.",
+     "domain": "science"},
+    {"text": "The printing press made books cheaper and spread literacy across Europe after 1440.",
+     "domain": "humanities"},
+]
+
+
+def write_seeds(path):
+    with open(path, "wb") as f:
+        for seed in GOOD_SEEDS:
+            f.write((json.dumps(seed) + "\n").encode())
+        f.write(b'{"text": "broken json\n')             # invalid_json
+        f.write(b'{"text": ""}\n')                       # empty_text
+        f.write(b'{"domain": "math"}\n')                 # missing_text
+        f.write(b'{"text": "caf\xe9 au lait, a drink made with coffee and hot milk"}\n')  # not_utf8
+
+
+def respond_as_each_stage(request: Request) -> str | list[str]:
+    prompt = request.prompt or request.messages[-1][1]
+    if "Write them as a numbered list" in prompt:
+        topic = re.search(r"Text:\n(\w+ \w+)", prompt).group(1)
+        return (f"1. What does the text say about {topic} in total?\n"
+                f"2. How would you explain {topic} to a younger student?\n")
+    match = re.search(r"^(?:Question|Instruction): (.+)$", prompt, re.MULTILINE)
+    if prompt.startswith("Rewrite the") and match:
+        return match.group(1).rstrip("?") + ", and explain each step of your reasoning?"
+    if "graded on five aspects" in prompt:
+        return " 4\nRelevance: 4\nCompleteness: 3\nUsefulness: 4\nClarity: 4\nRationale: correct and clear."
+    return [f"The answer is \\boxed{{42}}. Reasoning step {i}: add the numbers." for i in range(request.params.n)]
+
+
+@pytest.fixture
+def fake_model():
+    cfg = registry.ModelConfig(backend="fake")
+    llm = FakeLLM(respond_as_each_stage)
+    registry.install(cfg, llm)
+    yield llm
+    registry.shutdown_all()
+
+
+def test_every_input_is_accounted_for_at_every_stage(tmp_path, fake_model, capsys):
+    write_seeds(tmp_path / "seeds.jsonl")
+    out = tmp_path / "out"
+    code = synth.main(["--seeds", str(tmp_path / "seeds.jsonl"), "--output", str(out), "--no_cache",
+                       "--models.default.backend", "fake", "--evolve.operations", "[harder]"])
+    assert code == 0, capsys.readouterr().err
+    stats = json.loads((out / "stats.json").read_text())
+    stages = stats["stages"]
+    for name, entry in stages.items():
+        if isinstance(entry, dict):
+            assert entry["kept"] + sum(entry["rejected"].values()) == entry["in"], name
+    assert stages["seeds"]["in"] == 7 and stages["seeds"]["kept"] == 3
+    assert stages["seeds"]["rejected"] == {"invalid_json": 1, "empty_text": 1, "missing_text": 1, "not_utf8": 1}
+    assert stages["generate"]["out"] == 6 and stages["critique"]["in"] == stages["consistency"]["out"]
+
+    kept, rejected = read_records(str(out / "data")), read_records(str(out / "rejects"))
+    assert len(kept) == stages["critique"]["out"] > 0
+    assert len(rejected) == sum(sum(e["rejected"].values()) for e in stages.values() if isinstance(e, dict))
+    assert all(r.reject_stage and r.reject_reason for r in rejected)
+    assert all(r.status == "kept" and r.critique.mean >= 2.5 and r.response for r in kept)
+    assert {step.stage for step in kept[0].lineage} >= {"generate", "evolve", "respond", "critique"}
+    assert len(datasets.load_dataset(str(out), split="train")) == len(kept)
+    assert len(datasets.load_dataset(str(out), "sft", split="train")) == len(kept)
+    assert (out / "README.md").is_file() and (out / "report" / "index.html").is_file()
+    summary = capsys.readouterr().out
+    assert "== synthpost: done ==" in summary and str(out) in summary
