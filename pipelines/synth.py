@@ -100,8 +100,11 @@ def stage_order(cfg: SynthConfig) -> list[str]:
     return STAGE_ORDER[:i] + rounds + STAGE_ORDER[i:]
 
 
-def build(p: beam.Pipeline, cfg: SynthConfig) -> None:
-    """Compose the stages; kept records go to data/, every rejected one to rejects/."""
+def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:
+    """Compose the stages; kept records go to data/, every rejected one to rejects/.
+
+    Stages stream into each other where Beam fuses them; `barriers=True` (benchmarks only)
+    materialises every stage's output before the next starts, as batch tools do."""
     models = models_with_cache(cfg)
     # expansion applies to the low-resource domains generation was told about
     evolve_cfg = dataclasses.replace(
@@ -124,6 +127,8 @@ def build(p: beam.Pipeline, cfg: SynthConfig) -> None:
         result = records | name >> stage
         rejected.append(result.rejected)
         records = result.kept
+        if barriers:
+            records = records | f"barrier_after_{name}" >> beam.Reshuffle()
     out = cfg.output.dir
     records | "write_kept" >> WriteRecords(out, "data", cfg.output.shard_records)
     (rejected | "all_rejected" >> beam.Flatten()
