@@ -2,13 +2,10 @@
 DirectRunner with exact outputs, rejection reasons and counters."""
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
 
-import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,28 +14,15 @@ from datagen.consistency import (Answer, ConsistencyConfig, ConsistencyStage, ex
                                  normalize_short)
 from datagen.sandbox import RunResult, run_sandboxed
 from datagen.record import Consistency, LineageStep, Record, Response
-from datagen.stage import STATS_NAMESPACE_PREFIX
+from stage_harness import run_transform
 
 CFG = ConsistencyConfig()
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run_consistency(records, cfg=CFG):
-    _SINK.clear()
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | ConsistencyStage(cfg)
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    run = p.run()
-    run.wait_until_finish()
-    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "consistency"))
-    counters = {c.key.metric.name: c.committed for c in query["counters"]}
-    return (sorted(_SINK["kept"], key=lambda r: r.seed_id), sorted(_SINK["rejected"], key=lambda r: r.seed_id),
-            counters)
+    out = run_transform(records, ConsistencyStage(cfg), ["consistency"])
+    by_seed = lambda r: r.seed_id  # noqa: E731
+    return sorted(out.kept, key=by_seed), sorted(out.rejected, key=by_seed), out.counters["consistency"]
 
 
 def item(seed, domain, *texts, tests="", objective=True):

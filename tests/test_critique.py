@@ -2,13 +2,10 @@
 fake judge — exact outputs, rejection reasons and counters."""
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,30 +16,17 @@ from datagen.inference.base import Completion, Request, SamplingParams
 from datagen.inference.fake import FakeLLM
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import CRITIQUE_ASPECTS, Critique, LineageStep, Record, Response
-from datagen.stage import STATS_NAMESPACE_PREFIX
+from stage_harness import run_transform
 
 FULL = {"accuracy": 3, "relevance": 4, "completeness": 2, "usefulness": 3, "clarity": 4}
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run_critique(records, judge, cfg=CritiqueConfig(model="judge")):
     model = ModelConfig(backend="fake", model=f"judge-{id(judge)}")
     install(model, judge)
-    _SINK.clear()
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | CritiqueStage(cfg, {"judge": model})
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    run = p.run()
-    run.wait_until_finish()
-    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "critique"))
-    counters = {c.key.metric.name: c.committed for c in query["counters"]}
+    out = run_transform(records, CritiqueStage(cfg, {"judge": model}), ["critique"])
     by_seed = lambda r: r.seed_id  # noqa: E731
-    return sorted(_SINK["kept"], key=by_seed), sorted(_SINK["rejected"], key=by_seed), counters
+    return sorted(out.kept, key=by_seed), sorted(out.rejected, key=by_seed), out.counters["critique"]
 
 
 def grades(accuracy, relevance, completeness, usefulness, clarity, why="ok"):

@@ -1,41 +1,25 @@
 """Decontamination: n-gram overlap with benchmark files; bad benchmark files fail at construction."""
 from __future__ import annotations
 
-import collections
 import gzip
 import json
 
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datagen.decontam import DecontamConfig, DecontamStage, NgramIndex, load_benchmark
 from datagen.record import Record, Response
-from datagen.stage import STATS_NAMESPACE_PREFIX
+from stage_harness import run_transform
 
 GSM = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
        "How many clips did Natalia sell altogether in April and May?")
 SHORT = "What is the capital city of the state of Texas?"  # 10 words: matched whole
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run_decontam(records, cfg):
-    _SINK.clear()
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | DecontamStage(cfg)
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    run = p.run()
-    run.wait_until_finish()
-    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "decontam"))
-    counters = {c.key.metric.name: c.committed for c in query["counters"]}
-    return list(_SINK["kept"]), list(_SINK["rejected"]), counters
+    out = run_transform(records, DecontamStage(cfg), ["decontam"])
+    return out.kept, out.rejected, out.counters["decontam"]
 
 
 def write_jsonl(path, rows):

@@ -1,44 +1,27 @@
 """Near-duplicate removal: LSH banding finds twins, the lowest-ranked twin survives, in any order."""
 from __future__ import annotations
 
-import collections
 import json
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 
 from datagen.dedup import (BandKeys, DedupConfig, DedupStage, estimated_jaccard, lsh_bands, rank_key,
                            shingles)
 from datagen.record import Record
-from datagen.stage import STATS_NAMESPACE_PREFIX
+from stage_harness import run_transform
 
 BASE = ("Write a Python function that returns the n-th Fibonacci number using an iterative loop, "
         "and explain why the loop runs in linear time while the naive recursion is exponential.")
 TWIN = BASE.replace("is exponential.", "is exponentially slow.")  # Jaccard 27/30 on 3-word shingles
 COUSIN = BASE.replace("iterative loop", "memoized recursion").replace("the loop", "it")  # ~0.6
 OTHER = "Prove that there are infinitely many prime numbers, in the style of Euclid."
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run_dedup(records, cfg=DedupConfig(), reshuffle=False):
-    _SINK.clear()
-    p = beam.Pipeline(runner="DirectRunner")
-    pcoll = p | beam.Create(records)
-    if reshuffle:
-        pcoll = pcoll | beam.Reshuffle()
-    result = pcoll | DedupStage(cfg)
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    run = p.run()
-    run.wait_until_finish()
-    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "dedup"))
-    counters = {c.key.metric.name: c.committed for c in query["counters"]}
-    return list(_SINK["kept"]), list(_SINK["rejected"]), counters
+    stage = beam.Reshuffle() | DedupStage(cfg) if reshuffle else DedupStage(cfg)
+    out = run_transform(records, stage, ["dedup"])
+    return out.kept, out.rejected, out.counters["dedup"]
 
 
 def signature(text, cfg=DedupConfig()):

@@ -1,12 +1,9 @@
 """Evolution: output parsing, the failed-evolution checks, then rounds and expansion on Beam."""
 from __future__ import annotations
 
-import collections
 import re
 
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,37 +12,22 @@ from datagen.evolve import (STAGE, TEMPLATE_VERSION, EvolveConfig, EvolveStage, 
 from datagen.inference.fake import FakeLLM
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import EvolutionStep, Record
-from datagen.stage import STATS_NAMESPACE_PREFIX
 from pipelines.config import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
+from stage_harness import run_transform
 
 PIECES = ["Sure! Here is the rewritten question:", "Answer:", "1. ", "2. ", "```", "\n", "\n\n", ":", "?", "？",
           "Instruction: ", "This version adds", "\\boxed{2}", "12", "3.5", "勾股定理", "Why is the sky blue"]
 MESSY = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=12)), max_size=30).map("".join)
 REASONS = {"", "evolution_copy", "evolution_lost_information", "evolution_became_answer", "evolution_unparseable"}
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run(records, cfg, llm, namespaces=(STAGE,)):
-    _SINK.clear()
     model = ModelConfig(backend="fake", model="evolve-test")
     install(model, llm)
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | EvolveStage(cfg, {"default": model})
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    outcome = p.run()
-    outcome.wait_until_finish()
-    counters = {}
-    for ns in namespaces:
-        query = outcome.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + ns))
-        counters[ns] = {c.key.metric.name: c.committed for c in query["counters"]}
+    out = run_transform(records, EvolveStage(cfg, {"default": model}), namespaces)
     by_text = lambda r: r.instruction  # noqa: E731
-    return sorted(_SINK["kept"], key=by_text), sorted(_SINK["rejected"], key=by_text), counters
+    return sorted(out.kept, key=by_text), sorted(out.rejected, key=by_text), out.counters
 
 
 def instruction_in(prompt: str) -> str:

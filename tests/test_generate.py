@@ -1,11 +1,7 @@
 """Instruction generation: the parser on messy output, prompts, then the stage and the cap on Beam."""
 from __future__ import annotations
 
-import collections
-
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,35 +11,20 @@ from datagen.generate import (CAP_STAGE, STAGE, TEMPLATE_VERSION, GenerateConfig
 from datagen.inference.fake import FakeLLM
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import REJECTED, Record
-from datagen.stage import STATS_NAMESPACE_PREFIX
 from pipelines.config import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
+from stage_harness import run_transform
 
 P = ParsedInstruction
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run(records, cfg, llm, namespaces=(STAGE,)):
     """Run GenerateStage on the DirectRunner; returns kept, rejected and counters per namespace."""
-    _SINK.clear()
     model = ModelConfig(backend="fake", model="gen-test")
     install(model, llm)
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | GenerateStage(cfg, {"default": model})
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    outcome = p.run()
-    outcome.wait_until_finish()
-    counters = {}
-    for ns in namespaces:
-        query = outcome.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + ns))
-        counters[ns] = {c.key.metric.name: c.committed for c in query["counters"]}
-    return (sorted(_SINK["kept"], key=lambda r: r.instruction), sorted(_SINK["rejected"], key=lambda r: r.seed_id),
-            counters)
+    out = run_transform(records, GenerateStage(cfg, {"default": model}), namespaces)
+    return (sorted(out.kept, key=lambda r: r.instruction), sorted(out.rejected, key=lambda r: r.seed_id),
+            out.counters)
 
 
 # -- parser -------------------------------------------------------------------------------------

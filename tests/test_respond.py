@@ -1,11 +1,7 @@
 """Response generation: routing checks, n samples in one request, per-model partitions on Beam."""
 from __future__ import annotations
 
-import collections
-
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,35 +11,20 @@ from datagen.inference.registry import ModelConfig, install
 from datagen.record import Record, Response
 from datagen.respond import (STAGE, TEMPLATE_ID, RespondConfig, RespondFn, RespondStage, build_prompt,
                              check_routing, route_for)
-from datagen.stage import STATS_NAMESPACE_PREFIX
 from pipelines.config import ConfigError
+from stage_harness import run_transform
 
 GENERAL = ModelConfig(backend="fake", model="general-test")
 MATHY = ModelConfig(backend="fake", model="math-test")
 MODELS = {"default": GENERAL, "mathy": MATHY}
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run(records, cfg, llms):
-    _SINK.clear()
     for model, llm in llms.items():
         install(MODELS[model], llm)
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | RespondStage(cfg, MODELS)
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    outcome = p.run()
-    outcome.wait_until_finish()
-    query = outcome.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + STAGE))
-    counters: dict[str, int] = collections.Counter()
-    for counter in query["counters"]:  # one DoFn per model: the same counter in several steps
-        counters[counter.key.metric.name] += counter.committed
+    out = run_transform(records, RespondStage(cfg, MODELS), [STAGE])
     by_text = lambda r: r.instruction  # noqa: E731
-    return sorted(_SINK["kept"], key=by_text), sorted(_SINK["rejected"], key=by_text), dict(counters)
+    return sorted(out.kept, key=by_text), sorted(out.rejected, key=by_text), out.counters[STAGE]
 
 
 # -- routing and prompts ------------------------------------------------------------------------

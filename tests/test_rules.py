@@ -1,11 +1,8 @@
 """Rule filters: each check on its own, then the stage on the DirectRunner with exact reasons."""
 from __future__ import annotations
 
-import collections
 import json
 
-import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,31 +12,18 @@ from datagen.rules import (RESPONSE_REASONS, Finding, RulesConfig, RulesStage, a
                            check_language_match, check_length, check_repetition, check_truncated,
                            dominant_reason, instruction_finding, repeated_ngram_ratio, response_finding,
                            script_language, words)
-from datagen.stage import STATS_NAMESPACE_PREFIX
+from stage_harness import run_transform
 
 CFG = RulesConfig()
 INSTRUCTION = "Explain why the sum of two even numbers is always even."
 ANSWER = "Write them as 2a and 2b; their sum 2(a + b) is a multiple of two, so it is even."
 INSTRUCTION_REASONS = {"empty_instruction", "instruction_too_short", "instruction_too_long", "garbled",
                        "repetition", "wrong_language"}
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run_rules(records, cfg=CFG):
-    _SINK.clear()
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | beam.Create(records) | RulesStage(cfg)
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    run = p.run()
-    run.wait_until_finish()
-    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "rules"))
-    counters = {c.key.metric.name: c.committed for c in query["counters"]}
-    return list(_SINK["kept"]), list(_SINK["rejected"]), counters
+    out = run_transform(records, RulesStage(cfg), ["rules"])
+    return out.kept, out.rejected, out.counters["rules"]
 
 
 def record(instruction=INSTRUCTION, *texts, finish="stop", seed="s"):

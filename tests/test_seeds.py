@@ -7,11 +7,9 @@ import io
 import json
 from unittest import mock
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,31 +17,18 @@ from datagen import seeds
 from datagen.record import KEPT, REJECTED
 from datagen.seeds import (DEFAULT_SEEDS_PATH, SeedFile, SeedsConfig, SeedsStage, content_hash,
                            iter_lines, list_seed_files, read_jsonl, read_seed_file, seed_from_fields)
-from datagen.stage import STATS_NAMESPACE_PREFIX
+from stage_harness import run_transform
 
 REASONS = {"not_utf8", "invalid_json", "missing_text", "invalid_field", "empty_text", "too_short",
            "oversized", "unsupported_format", "unreadable"}
 GOOD = "A seed document long enough to be kept as a seed."
 OTHER = "Another seed document, about prime numbers and sieves."
-_SINK: dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(record, name):
-    _SINK[name].append(record)
 
 
 def run_seeds(cfg: SeedsConfig):
     """Run the stage on the DirectRunner → (kept, rejected, counters)."""
-    _SINK.clear()
-    p = beam.Pipeline(runner="DirectRunner")
-    result = p | SeedsStage(cfg)
-    result.kept | "CollectKept" >> beam.Map(_collect, "kept")
-    result.rejected | "CollectRejected" >> beam.Map(_collect, "rejected")
-    run = p.run()
-    run.wait_until_finish()
-    query = run.metrics().query(MetricsFilter().with_namespace(STATS_NAMESPACE_PREFIX + "seeds"))
-    counters = {c.key.metric.name: c.committed for c in query["counters"]}
-    return list(_SINK["kept"]), list(_SINK["rejected"]), counters
+    out = run_transform(None, SeedsStage(cfg), ["seeds"])
+    return out.kept, out.rejected, out.counters["seeds"]
 
 
 def assert_accounted(kept, rejected, counters):
