@@ -309,7 +309,12 @@ def _fill_in_aux_loss(module, args, kwargs, output):
     if getattr(output, "aux_loss", 1) is not None or not getattr(output, "router_logits", None):
         return output  # already computed (e.g. TRL's fused head) or nothing to compute it from
     config = module.config.get_text_config()
-    aux = router_aux_loss(output.router_logits, config, kwargs.get("attention_mask"))
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and output.router_logits[0].shape[0] != mask.numel():
+        # decoding with a KV cache: router logits cover only the new tokens, the mask the whole
+        # sequence; the balancing loss is a training quantity, so there is nothing to add here
+        return output
+    aux = router_aux_loss(output.router_logits, config, mask)
     output["aux_loss"] = aux  # item assignment: keeps the ModelOutput's dict and attribute in sync
     if output.loss is not None:
         output.loss = output.loss + config.router_aux_loss_coef * aux

