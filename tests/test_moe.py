@@ -84,6 +84,7 @@ def test_aux_loss_gives_the_top1_router_its_gradient(batch):
 def test_generation_with_a_kv_cache_works_while_the_aux_loss_is_on(batch):
     model = micro_moe(router_aux_loss_coef=0.01).eval()
     mask = torch.ones_like(batch["input_ids"])
+    mask[1, :3] = 0  # a left-padded row, as batched sampling has
     out = model.generate(input_ids=batch["input_ids"], attention_mask=mask, max_new_tokens=4, do_sample=False,
                          pad_token_id=0)
     assert out.shape == (2, 16)
