@@ -25,6 +25,7 @@ import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 import apache_beam as beam
 
@@ -61,6 +62,8 @@ class EvolveConfig:
     operations: list[str] = field(default_factory=lambda: ["clarify", "expand", "harder"])  # clarify | expand | harder
     low_resource_domains: list[str] = field(default_factory=list)  # domains `expand` applies to (= generate's)
     expand_examples: int = 3  # in-domain examples shown for self-instruct expansion
+    on_failure: Literal["keep_original", "reject"] = "keep_original"  # keep_original: drop the failed evolution, keep the record (its
+    # history records the failure); reject: reject the record with the failure's reason
     copy_similarity: float = 0.9  # difflib ratio at or above which an evolution is a copy
     min_keyword_retention: float = 0.5  # share of the original's keywords an evolution must keep
     max_tokens: int = 160  # an instruction is short; a long output is usually an answer
@@ -196,6 +199,8 @@ class EvolveFn(LLMStageFn):
                 return failed
             new = dataclasses.replace(failed, id="", instruction=after, tests="")
             return [record, new]
+        if reason and self.cfg.on_failure == "keep_original":
+            return failed
         if reason:
             return failed.rejected(STAGE, reason, detail)
         tests = "\n".join(valid_tests(record.tests.splitlines(), after))

@@ -97,7 +97,8 @@ def stage_order(cfg: SynthConfig) -> list[str]:
     """Counter namespaces in pipeline order (evolution rounds after the first count separately)."""
     rounds = [f"evolve_round{r}" for r in range(2, cfg.evolve.rounds + 1)]
     i = STAGE_ORDER.index("evolve") + 1
-    return STAGE_ORDER[:i] + rounds + STAGE_ORDER[i:]
+    order = STAGE_ORDER[:i] + rounds + STAGE_ORDER[i:]
+    return [s for s in order if s != "domain_cap" or cfg.generate.max_per_domain is not None]
 
 
 def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:

@@ -127,7 +127,7 @@ CLARIFY_OUT = {
 def test_stage_exact_records_and_reasons():
     records = [Record("s", domain="science", instruction=text) for text in CLARIFY_OUT]
     llm = FakeLLM(lambda req: CLARIFY_OUT[instruction_in(req.messages[-1][1])], name="evo")
-    kept, rejected, counters = run(records, EvolveConfig(operations=["clarify"]), llm)
+    kept, rejected, counters = run(records, EvolveConfig(operations=["clarify"], on_failure="reject"), llm)
     before = "Why do plants need sunlight?"
     after = "Why do plants need sunlight to make their food?"
     assert [(r.instruction, r.evolution) for r in kept] == [
@@ -191,3 +191,17 @@ def test_zero_rounds_pass_records_through():
     start = Record("s", domain="science", instruction="Why do plants need sunlight?")
     kept, rejected, _ = run([start], EvolveConfig(rounds=0), FakeLLM(name="evo"))
     assert kept == [start] and rejected == []
+
+
+def test_by_default_a_failed_evolution_is_dropped_and_the_original_goes_on():
+    records = [Record("s", domain="science", instruction=text) for text in CLARIFY_OUT]
+    llm = FakeLLM(lambda req: CLARIFY_OUT[instruction_in(req.messages[-1][1])], name="evo")
+    kept, rejected, counters = run(records, EvolveConfig(operations=["clarify"]), llm)
+    assert rejected == []
+    unchanged = {r.instruction: r for r in kept if not r.evolution[-1].accepted}
+    assert sorted(unchanged) == sorted(t for t in CLARIFY_OUT if t != "Why do plants need sunlight?")
+    spider = unchanged["How many legs does a spider have?"]
+    assert spider.id == Record("s", domain="science", instruction="How many legs does a spider have?").id
+    assert (spider.evolution[-1].reason, spider.evolution[-1].after) == ("evolution_became_answer",
+                                                                         "A spider has eight legs.")
+    assert counters[STAGE] == {"in": 5, "kept": 5, "out": 5}
