@@ -55,6 +55,7 @@ def first_token_seconds(base_url: str) -> float:
 # and decoding fell below 1 tok/s because the API server then shares the engine's one core.
 MODES = {
     "eager": ({"enforce_eager": True}, {}),
+    "eager-bf16": ({"enforce_eager": True, "dtype": "bfloat16"}, {}),
     "compiled": ({"enforce_eager": False}, {}),
 }
 

@@ -24,8 +24,24 @@ def server_env(cfg) -> dict[str, str]:
     return env
 
 
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def server_dtype(cfg) -> str:
+    """bf16 weights on a CPU without native bf16 run through slow conversions: use float32 there."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "float32" if on_cpu() and not cpu_has_bf16() else "auto"
+
+
 def server_args(cfg) -> list[str]:
-    args = ["--max-model-len", str(cfg.max_model_len), "--dtype", "auto"]
+    args = ["--max-model-len", str(cfg.max_model_len), "--dtype", server_dtype(cfg)]
     eager = on_cpu() if cfg.enforce_eager is None else cfg.enforce_eager
     if eager:
         args.append("--enforce-eager")
