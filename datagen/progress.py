@@ -21,6 +21,13 @@ def record(stage: str, records: int = 1, completion_tokens: int = 0) -> None:
         _tokens["completion"] += completion_tokens
 
 
+def reset() -> None:
+    """Start counting afresh (one pipeline run per process at a time)."""
+    with _lock:
+        _done.clear()
+        _tokens["completion"] = 0
+
+
 def snapshot() -> tuple[dict[str, int], int]:
     with _lock:
         return dict(_done), _tokens["completion"]

@@ -177,6 +177,7 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     log.info("output: %s", out if "://" in out else os.path.abspath(out))
     pipeline = beam.Pipeline(options=options)
     build(pipeline, cfg)
+    progress.reset()
     with progress.ProgressPrinter(stage_order(cfg)):
         result = pipeline.run()
         result.wait_until_finish()

@@ -17,6 +17,8 @@ def vllm_processes_of(pid: int | None = None) -> list[psutil.Process]:
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
             name = proc.info["name"] or ""
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue  # already dead; only waiting for init to reap it
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if "vllm.entrypoints.openai.api_server" in cmd or name.startswith("VLLM::"):

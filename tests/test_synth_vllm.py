@@ -116,7 +116,11 @@ def test_multi_process_workers_each_get_a_server_and_all_stop(tmp_path, no_vllm_
     log = proc.communicate(timeout=1800)[0]
     assert proc.returncode == 0, log[-3000:]
     assert_accounted(out)
-    ports = []
-    for server_log in logs.glob("synthpost-vllm-*.log"):
-        ports += re.findall(r"Starting vLLM server on http://127.0.0.1:(\d+)", server_log.read_text())
-    assert ports and len(ports) == len(set(ports)), ports
+    # one server per worker process that ran a model stage, each on its own port, each used
+    servers = [re.fullmatch(r"synthpost-vllm-(\d+)-port(\d+)\.log", f.name).groups()
+               for f in logs.glob("synthpost-vllm-*.log")]
+    assert servers, "no server was started"
+    pids, ports = [pid for pid, _ in servers], [port for _, port in servers]
+    assert len(ports) == len(set(ports)) and len(pids) == len(set(pids)), servers
+    for f in logs.glob("synthpost-vllm-*.log"):
+        assert "POST /v1/" in f.read_text(errors="replace"), f"{f.name} served nothing"

@@ -60,7 +60,8 @@ class ManagedVLLM(OpenAIEndpointLLM):
         self.max_restarts = cfg.max_restarts
         self.server.start()
         super().__init__(
-            self.server.base_url, cfg.name, identity=f"vllm:{cfg.name}",
+            # dtype changes the samples, so it is part of the identity (and of cache keys)
+            self.server.base_url, cfg.name, identity=f"vllm:{cfg.name}:{server_dtype(cfg)}",
             max_concurrency=cfg.max_concurrency, request_timeout=cfg.request_timeout,
             max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds, recover=self._recover)
 

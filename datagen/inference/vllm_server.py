@@ -8,7 +8,6 @@ PR_SET_PDEATHSIG, so a SIGKILLed parent cannot leave a server behind.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
 import logging
 import os
 import signal
@@ -44,11 +43,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the atexit/finally paths still stop the server
+# Runs first in the child, then execs the server: PR_SET_PDEATHSIG survives exec, so the server
+# gets SIGTERM when its parent dies. Not a preexec_fn: forking Python code in a process with
+# gRPC threads (Beam workers) can abort the child; a plain Popen uses vfork/posix_spawn.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "try:\n    ctypes.CDLL('libc.so.6').prctl(1, 15)\n"  # PR_SET_PDEATHSIG, SIGTERM
+    "except OSError:\n    pass\n"  # not Linux: the atexit/finally paths still stop the server
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n"
+)
 
 
 class VLLMServer:
@@ -78,14 +81,16 @@ class VLLMServer:
         """Spawn the process without waiting for it to be ready."""
         if self.port is None:
             self.port = free_port()
+            # the port in the name: several workers' servers are told apart at a glance
+            self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-port{self.port}.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
                **self.env}
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
         cmd = self.command()
         log.info("starting vLLM: %s", " ".join(cmd))
         self.proc = _LAUNCHER.submit(
-            subprocess.Popen, cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            subprocess.Popen, [sys.executable, "-c", _DIE_WITH_PARENT, *cmd[1:]], stdout=logfile,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         ).result()
         logfile.close()
         _LIVE.add(self)
