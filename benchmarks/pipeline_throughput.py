@@ -16,6 +16,7 @@ import asyncio
 import json
 import statistics
 import time
+from pathlib import Path
 
 import apache_beam as beam
 import openai
@@ -24,22 +25,16 @@ from datagen import progress
 from datagen.generate import GenerateConfig, GenerateFn, GenerateStage
 from datagen.inference import registry
 from datagen.record import Record
-from datagen.seeds import SeedsConfig, SeedsStage
+
+SEEDS = Path(__file__).resolve().parents[1] / "datagen" / "data" / "seeds.jsonl"
 
 
 def seed_records(count: int) -> list[Record]:
     """The shipped corpus, repeated with a suffix until there are `count` distinct seeds."""
-    with beam.Pipeline() as p:
-        seeds = p | SeedsStage(SeedsConfig())
-        collected: list[Record] = []
-        seeds.kept | beam.Map(collected.append)
-    base = sorted(collected, key=lambda r: r.id)
-    out = []
-    for i in range(count):
-        rec = base[i % len(base)]
-        out.append(Record(seed_id=f"{rec.seed_id}-{i}", domain=rec.domain, source=rec.source,
-                          seed_text=f"{rec.seed_text} (variant {i})"))
-    return out
+    rows = [json.loads(line) for line in SEEDS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Record(seed_id=f"bench-{i}", domain=rows[i % len(rows)]["domain"],
+                   source=rows[i % len(rows)]["source"],
+                   seed_text=f"{rows[i % len(rows)]['text']} (variant {i})") for i in range(count)]
 
 
 async def bare_client(base_url: str, name: str, requests, concurrency: int) -> tuple[int, float]:

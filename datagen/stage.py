@@ -13,6 +13,7 @@ many requests in flight so the inference server stays busy.
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 import logging
 from typing import Iterable, NamedTuple
 
@@ -132,16 +133,18 @@ class LLMStageFn(beam.DoFn):
             yield from self._drain(block=True, windowed=True)
 
     def _drain(self, block: bool, windowed: bool = False):
-        # Emit every finished record at the head; when blocking, wait for the head first.
-        while self._pending:
-            record, futures = self._pending[0]
-            if not all(f.done() for f in futures):
-                if not block:
-                    return
-                for f in futures:
-                    f.result()
-            self._pending.popleft()
-            block = False
+        """Emit every record whose calls are all done, in completion order (a slow record must
+        not hold back finished ones: downstream stages start on them at once). With `block`,
+        first wait until at least one record is done."""
+        while True:
+            finished = [item for item in self._pending if all(f.done() for f in item[1])]
+            if finished or not block or not self._pending:
+                break
+            waiting = [f for _, futures in self._pending for f in futures if not f.done()]
+            cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
+        for item in finished:
+            self._pending.remove(item)
+            record, futures = item
             yield from route(self.stage, self._counters, self._complete(record, futures), windowed)
 
     def _complete(self, record: Record, futures) -> list[Record]:
