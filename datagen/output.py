@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 from datagen import report
-from datagen.record import ARROW_SCHEMA, CRITIQUE_ASPECTS, Record, from_arrow, to_arrow
+from datagen.record import Record, from_arrow, to_arrow
 from datagen.stage import STATS_NAMESPACE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def collect_stage_stats(pipeline_result, stages: list[str]) -> dict[str, dict]:
     return stats
 
 
-_NOT_STAGES = {f"{STATS_NAMESPACE_PREFIX}output", f"{STATS_NAMESPACE_PREFIX}cache"}
+_NOT_STAGES = {f"{STATS_NAMESPACE_PREFIX}output", f"{STATS_NAMESPACE_PREFIX}cache", f"{STATS_NAMESPACE_PREFIX}calls"}
 
 
 def _empty_stage() -> dict:

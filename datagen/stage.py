@@ -29,6 +29,7 @@ from datagen.record import KEPT, REJECTED, Record
 log = logging.getLogger(__name__)
 REJECTED_TAG = "rejected"
 STATS_NAMESPACE_PREFIX = "synthpost."
+CALLS_NAMESPACE = STATS_NAMESPACE_PREFIX + "calls"  # model calls finished (cached or not)
 
 
 class StageResult(NamedTuple):
@@ -112,6 +113,7 @@ class LLMStageFn(beam.DoFn):
     # -- machinery --------------------------------------------------------------------------
     def setup(self) -> None:
         self._counters = StageCounters(self.stage)
+        self._calls = Metrics.counter(CALLS_NAMESPACE, "completed")
         self.llm = get_llm(self.model)
 
     def start_bundle(self) -> None:
@@ -149,6 +151,7 @@ class LLMStageFn(beam.DoFn):
 
     def _complete(self, record: Record, futures) -> list[Record]:
         completions = [f.result() for f in futures]
+        self._calls.inc(len(completions))
         progress.record(self.stage, 0, sum(c.completion_tokens for c in completions if not c.cached))
         failed = next((c for c in completions if c.error), None)
         if failed is not None:

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from datagen import progress
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
+from datagen.stage import CALLS_NAMESPACE
 from datagen.consistency import ConsistencyStage
 from datagen.critique import CritiqueStage
 from datagen.decontam import DecontamStage
@@ -137,11 +138,15 @@ def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:
 
 
 def cache_counts(result: Any) -> dict[str, int]:
-    counts = {"hits": 0, "misses": 0}
+    """Model calls finished, and how many of them the call cache served."""
+    counts = {"calls": 0, "hits": 0, "misses": 0}
     for counter in result.metrics().query()["counters"]:
-        if counter.key.metric.namespace == CACHE_NAMESPACE:
-            value = counter.committed if counter.committed is not None else counter.attempted
-            counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + int(value)
+        ns, name = counter.key.metric.namespace, counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        if ns == CACHE_NAMESPACE:
+            counts[name] = counts.get(name, 0) + int(value)
+        elif ns == CALLS_NAMESPACE:
+            counts["calls"] += int(value)
     return counts
 
 
@@ -229,7 +234,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"seeds read:       {summary['seeds']}")
     print(f"kept records:     {summary['kept']}  (SFT rows {summary['sft']}, DPO pairs {summary['dpo']})")
     print(f"rejected records: {summary['rejected']}  (each with its stage and reason)")
-    print(f"model calls:      {cache['hits'] + cache['misses']}  ({cache['hits']} from cache)")
+    print(f"model calls:      {cache['calls']}  ({cache['hits']} from cache)")
     print(f"wall time:        {summary['wall_seconds']:.0f} s")
     print(f"output:           {summary['out_dir']}  (card: README.md, funnel: stats.json, "
           f"pictures: report/index.html)")
