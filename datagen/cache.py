@@ -90,12 +90,20 @@ class CachedLLM:
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
+        # writes leave the client's event loop: on gs:// each one is a network round trip
+        self._writer = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-writer")
+        self._unwritten: dict[str, Completion] = {}  # queued writes, so a repeat hits before its write lands
         self._hit_counter = Metrics.counter(CACHE_NAMESPACE, "hits")
         self._miss_counter = Metrics.counter(CACHE_NAMESPACE, "misses")
 
     def submit(self, request: Request) -> "cf.Future[Completion]":
         key = request.cache_key(self.identity)
-        found = self.cache.get(key)
+        with self._lock:
+            found = self._unwritten.get(key)
+        if found is not None:
+            found = Completion(**{**found.to_dict(), "cached": True})
+        else:
+            found = self.cache.get(key)
         if found is not None:
             self._count(hit=True)
             future: cf.Future = cf.Future()
@@ -111,7 +119,14 @@ class CachedLLM:
             return
         completion = future.result()
         if completion.ok:
-            self.cache.put(key, completion)
+            with self._lock:
+                self._unwritten[key] = completion
+            self._writer.submit(self._write, key, completion)
+
+    def _write(self, key: str, completion: Completion) -> None:
+        self.cache.put(key, completion)
+        with self._lock:
+            self._unwritten.pop(key, None)
 
     def _count(self, hit: bool) -> None:
         with self._lock:
@@ -128,4 +143,5 @@ class CachedLLM:
         return [f.result() for f in [self.submit(r) for r in requests]]
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)  # every finished call is on disk before we return
         self.llm.close()

@@ -34,8 +34,7 @@ from datagen.generate import (ANSWER, CHATTER, MARKER, clean_instruction, is_mos
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import EvolutionStep, Record
-from datagen.stage import REJECTED_TAG, LLMStageFn, StageResult, StageCounters
-from pipelines.config import ConfigError
+from datagen.stage import REJECTED_TAG, LLMStageFn, StageCounters, StageResult, model_for
 
 STAGE = "evolve"
 OPERATIONS = ("clarify", "expand", "harder")
@@ -212,9 +211,7 @@ class EvolveStage(beam.PTransform):
 
     def __init__(self, cfg: EvolveConfig, models: dict[str, ModelConfig]) -> None:
         super().__init__()
-        if cfg.model not in models:
-            raise ConfigError(f"evolve.model: {cfg.model!r} is not defined under models")
-        self.cfg, self.model = cfg, models[cfg.model]
+        self.cfg, self.model = cfg, model_for(models, cfg.model, "evolve.model")
 
     def expand(self, pcoll):
         low = set(self.cfg.low_resource_domains)

@@ -23,8 +23,7 @@ import apache_beam as beam
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import Record
-from datagen.stage import REJECTED_TAG, LLMStageFn, RecordFn, StageResult, run_stage
-from pipelines.config import ConfigError
+from datagen.stage import REJECTED_TAG, LLMStageFn, RecordFn, StageResult, model_for, run_stage
 
 STAGE = "generate"
 CAP_STAGE = "domain_cap"
@@ -342,9 +341,7 @@ class GenerateStage(beam.PTransform):
 
     def __init__(self, cfg: GenerateConfig, models: dict[str, ModelConfig]) -> None:
         super().__init__()
-        if cfg.model not in models:
-            raise ConfigError(f"generate.model: {cfg.model!r} is not defined under models")
-        self.cfg, self.model = cfg, models[cfg.model]
+        self.cfg, self.model = cfg, model_for(models, cfg.model, "generate.model")
 
     def expand(self, pcoll):
         generated = run_stage(pcoll, "Generate", GenerateFn(self.cfg, self.model))

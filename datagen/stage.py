@@ -25,6 +25,7 @@ from datagen import progress
 from datagen.inference.base import Completion, Request
 from datagen.inference.registry import ModelConfig, get_llm
 from datagen.record import KEPT, REJECTED, Record
+from pipelines.config import ConfigError
 
 log = logging.getLogger(__name__)
 REJECTED_TAG = "rejected"
@@ -163,6 +164,13 @@ class LLMStageFn(beam.DoFn):
             out = record.rejected(self.stage, "stage_error", f"{type(err).__name__}: {err}")
         return out if isinstance(out, list) else [out]
 
+
+
+def model_for(models: dict[str, ModelConfig], name: str, key: str) -> ModelConfig:
+    """The stage's model by its `models` key; `key` names the config field in the error."""
+    if name not in models:
+        raise ConfigError(f"{key}: {name!r} is not defined under models")
+    return models[name]
 
 
 def run_stage(pcoll: beam.PCollection, label: str, fn: beam.DoFn) -> StageResult:

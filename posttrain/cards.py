@@ -12,6 +12,18 @@ from typing import Any
 import yaml
 
 
+def save_with_card(trainer, output_dir: str | Path, report, **card: Any) -> Path | None:
+    """Save the trainer's model (gathered under FSDP / ZeRO-3), then, on the main process only, the
+    tokenizer, the data report and a model card (`card`: write_model_card's keywords)."""
+    trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return None
+    out = Path(output_dir)
+    trainer.processing_class.save_pretrained(out)
+    report.write(out / "data_report.json")
+    return write_model_card(out, data_report=report.to_dict(), **card)
+
+
 def write_model_card(
     output_dir: str | Path,
     *,

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # `accelerate launch posttrain/dpo.py` runs this 
 
 from transformers import TrainerCallback  # noqa: E402
 
-from pipelines.config import ConfigError, load_config, to_dict  # noqa: E402
+from pipelines.config import ConfigError, load_config, split_config_arg, to_dict  # noqa: E402
 from posttrain.data import DataError, DataReport, load_view  # noqa: E402
 from posttrain.moe import (MoEConfig, MoETrainerMixin, ModelLoadError, ModelSpec, is_moe,  # noqa: E402
                            load_policy, load_tokenizer)
@@ -448,10 +448,8 @@ def export(cfg: DPORunConfig, run: DPORun, trainer, ema: EMACallback | None, pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rewards.train_rm import parse_args
-
     logging.basicConfig(level=logging.INFO, format="[dpo] %(message)s")
-    config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv, "posttrain/dpo.py", __doc__)
+    config_path, overrides = split_config_arg(sys.argv[1:] if argv is None else argv, __doc__)
     try:
         cfg = load_config(DPORunConfig, config_path, overrides)
         summary = train(cfg)

@@ -21,7 +21,7 @@ from typing import Literal
 if __package__ in (None, ""):  # `accelerate launch posttrain/sft.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.config import ConfigError, load_config, to_dict  # noqa: E402
+from pipelines.config import ConfigError, load_config, split_config_arg, to_dict  # noqa: E402
 from posttrain.data import DataConfig, DataError, DataReport, load_sft_splits  # noqa: E402
 from posttrain.moe import (MoEConfig, MoETrainerMixin, ModelLoadError, ModelSpec, build_param_groups,  # noqa: E402
                            describe_param_groups, is_moe, load_policy, load_tokenizer, prepare_moe_model)
@@ -167,19 +167,13 @@ def train(cfg: SFTRunConfig, model=None, tokenizer=None, callbacks=None):
 
 def save_final(trainer, cfg: SFTRunConfig, report: DataReport, metrics: dict) -> None:
     """HF-format weights + tokenizer, the recipe, the data report and a model card in output_dir."""
-    from posttrain.cards import write_model_card
+    from posttrain.cards import save_with_card
 
-    trainer.save_model(cfg.output_dir)
-    if not trainer.is_world_process_zero():
-        return
-    out = Path(cfg.output_dir)
-    trainer.processing_class.save_pretrained(out)
-    report.write(out / "data_report.json")
     groups = build_param_groups(trainer.model, cfg.learning_rate, cfg.weight_decay, cfg.moe)
-    write_model_card(out, method="SFT", base_model=cfg.model.name, dataset=cfg.dataset, recipe=to_dict(cfg),
-                     data_report=report.to_dict(), metrics=_card_metrics(metrics, trainer),
-                     param_groups=describe_param_groups(groups))
-    log.info("saved model, tokenizer and model card to %s", out)
+    if save_with_card(trainer, cfg.output_dir, report, method="SFT", base_model=cfg.model.name,
+                      dataset=cfg.dataset, recipe=to_dict(cfg), metrics=_card_metrics(metrics, trainer),
+                      param_groups=describe_param_groups(groups)):
+        log.info("saved model, tokenizer and model card to %s", cfg.output_dir)
 
 
 def _card_metrics(metrics: dict, trainer) -> dict:
@@ -193,7 +187,7 @@ def _card_metrics(metrics: dict, trainer) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="[sft] %(message)s")
-    config_path, overrides = _split_config_arg(argv)
+    config_path, overrides = split_config_arg(argv, __doc__)
     try:
         cfg = load_config(SFTRunConfig, config_path, overrides)
         _, metrics = train(cfg)
@@ -202,24 +196,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return 0
-
-
-def _split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`--config FILE` (optional) and the `--key value` overrides."""
-    if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        raise SystemExit(0)
-    rest, path = [], None
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--config" and i + 1 < len(argv):
-            path, i = argv[i + 1], i + 2
-        elif argv[i].startswith("--config="):
-            path, i = argv[i].split("=", 1)[1], i + 1
-        else:
-            rest.append(argv[i])
-            i += 1
-    return path, rest
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ resumes from the newest checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines.config import ConfigError, load_config, to_dict
+from pipelines.config import ConfigError, load_config, split_config_arg, to_dict
 from posttrain.data import DataError, DataReport, hold_out
 from posttrain.moe import ModelLoadError, resolve_name
 from rewards.ema import EMACallback, EMAConfig
@@ -176,34 +175,20 @@ def train(cfg: TrainRMConfig) -> dict:
 
 
 def save_final(trainer, cfg: TrainRMConfig, report: DataReport, metrics: dict) -> None:
-    from posttrain.cards import write_model_card
+    from posttrain.cards import save_with_card
 
-    trainer.save_model(cfg.output_dir)
-    if not trainer.is_world_process_zero():
-        return
-    out = Path(cfg.output_dir)
-    trainer.processing_class.save_pretrained(out)
-    report.write(out / "data_report.json")
     weights = "the EMA of its weights" if cfg.ema.enabled and cfg.ema.export else "its last weights"
-    write_model_card(out, method="Reward model", base_model=cfg.model, dataset=cfg.dataset, recipe=to_dict(cfg),
-                     data_report=report.to_dict(),
-                     metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                     notes=f"Sequence-classification reward model (one output) trained with TRL's RewardTrainer; "
-                           f"saved with {weights}. Load it with `rewards.scoring.ClassifierScorer.from_pretrained`.")
-    log.info("saved reward model and card to %s", out)
-
-
-def parse_args(argv: list[str], prog: str, doc: str) -> tuple[str | None, list[str]]:
-    """`--config FILE` and the remaining `--key value` overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config; any key can be overridden as --key value")
-    known, overrides = parser.parse_known_args(argv)
-    return known.config, overrides
+    if save_with_card(trainer, cfg.output_dir, report, method="Reward model", base_model=cfg.model,
+                      dataset=cfg.dataset, recipe=to_dict(cfg),
+                      metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                      notes=f"Sequence-classification reward model (one output) trained with TRL's RewardTrainer; "
+                            f"saved with {weights}. Load it with `rewards.scoring.ClassifierScorer.from_pretrained`."):
+        log.info("saved reward model and card to %s", cfg.output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[train_rm] %(message)s")
-    config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv, "python -m rewards.train_rm", __doc__)
+    config_path, overrides = split_config_arg(sys.argv[1:] if argv is None else argv, __doc__)
     try:
         cfg = load_config(TrainRMConfig, config_path, overrides)
         metrics = train(cfg)

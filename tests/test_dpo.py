@@ -19,26 +19,9 @@ from posttrain.online import (Cursor, OnlineConfig, OnlineRounds, mix_pairs, sam
                               select_pairs)
 from rewards.ema import EMAConfig, RewardNormalizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 Q = [{"role": "user", "content": "What is 2 + 3?"}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from datagen.inference.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-hunyuan-moe"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine it mostly spins
-    (measured: this file 17 s with one thread vs 28 s with two at load average 3.4)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_policy(tokenizer, coef=0.01):

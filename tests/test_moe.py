@@ -16,16 +16,9 @@ from posttrain.moe import (GROUP_NAMES, ModelLoadError, ModelSpec, MoEConfig, ap
                            param_group_of, prepare_moe_model)
 from posttrain.tiny_moe import TINY_MOE_SHAPE
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VOCAB = 128
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP spinning against other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def micro_moe(seed: int = 0, **moe_overrides):

@@ -18,26 +18,9 @@ from rewards.refresh import RefreshConfig, RewardRefresher
 from rewards.scoring import (ClassifierScorer, CritiqueJudgeScorer, JudgeConfig, MathAnswerScorer, RewardConfig,
                              build_scorer)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 USER = [{"role": "user", "content": "What is 2 + 3?"}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from datagen.inference.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-hunyuan-moe"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine it mostly spins
-    (measured: this file 17 s with one thread vs 28 s with two at load average 3.4)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -18,16 +18,9 @@ from posttrain.moe import MoEConfig
 from posttrain.sft import SFTRunConfig, build_trainer, main, train
 from posttrain.tiny_moe import build_tiny_moe_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "posttrain" / "sft_tiny.yaml"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP spinning against other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def chat(i: int, answer_words: int = 2) -> dict:
@@ -40,15 +33,6 @@ def save_chats(path: Path, rows: list[dict]) -> str:
 
     Dataset.from_list(rows).save_to_disk(str(path))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from datagen.inference.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-hunyuan-moe"))
 
 
 @pytest.fixture(scope="module")
