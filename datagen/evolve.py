@@ -214,18 +214,26 @@ class EvolveStage(beam.PTransform):
         self.cfg, self.model = cfg, model_for(models, cfg.model, "evolve.model")
 
     def expand(self, pcoll):
-        low = set(self.cfg.low_resource_domains)
-        examples = (pcoll | "InDomain" >> beam.Filter(lambda r: r.domain in low)
-                    | "Keyed" >> beam.Map(lambda r: (r.domain, (r.id, r.instruction)))
-                    # +1: a record is never its own example
-                    | "LowestIds" >> beam.combiners.Top.SmallestPerKey(self.cfg.expand_examples + 1))
+        # A side input holds every round back until generation has finished; only expansion
+        # needs it, so without low-resource domains the rounds stream straight from generation.
+        side_inputs = [beam.pvalue.AsDict(self._examples(pcoll))] if self.expands() else []
         kept, rejected = pcoll, []
         for round_ in range(1, self.cfg.rounds + 1):
             fn = EvolveFn(self.cfg, self.model, round_)
-            outs = kept | f"Round{round_}" >> beam.ParDo(fn, beam.pvalue.AsDict(examples)).with_outputs(
+            outs = kept | f"Round{round_}" >> beam.ParDo(fn, *side_inputs).with_outputs(
                 REJECTED_TAG, main="kept")
             kept = outs.kept
             rejected.append(outs[REJECTED_TAG])
         if not rejected:
             rejected.append(pcoll | "NoRounds" >> beam.Filter(lambda r: False))
         return StageResult(kept, tuple(rejected) | "Rejected" >> beam.Flatten())
+
+    def expands(self) -> bool:
+        return "expand" in self.cfg.operations and bool(self.cfg.low_resource_domains)
+
+    def _examples(self, pcoll):
+        low = set(self.cfg.low_resource_domains)
+        return (pcoll | "InDomain" >> beam.Filter(lambda r: r.domain in low)
+                | "Keyed" >> beam.Map(lambda r: (r.domain, (r.id, r.instruction)))
+                # +1: a record is never its own example
+                | "LowestIds" >> beam.combiners.Top.SmallestPerKey(self.cfg.expand_examples + 1))

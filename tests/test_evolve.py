@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import apache_beam as beam
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -205,3 +206,28 @@ def test_by_default_a_failed_evolution_is_dropped_and_the_original_goes_on():
     assert (spider.evolution[-1].reason, spider.evolution[-1].after) == ("evolution_became_answer",
                                                                          "A spider has eight legs.")
     assert counters[STAGE] == {"in": 5, "kept": 5, "out": 5}
+
+
+def _rounds_with_side_inputs(cfg: EvolveConfig) -> list[str]:
+    """Labels of the evolution rounds that wait on a side input (i.e. on all of generation)."""
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def __init__(self):
+            self.labels = []
+
+        def visit_transform(self, node):
+            if "/Round" in node.full_label and node.side_inputs:
+                self.labels.append(node.full_label)
+
+    p = beam.Pipeline()
+    _ = p | beam.Create([Record("s", domain="law", instruction=LAW[0])]) | EvolveStage(
+        cfg, {"default": ModelConfig(backend="fake", model="evolve-test")})
+    visitor = Visitor()
+    p.visit(visitor)
+    return visitor.labels
+
+
+def test_rounds_stream_from_generation_unless_expansion_needs_examples():
+    assert _rounds_with_side_inputs(EvolveConfig(rounds=2)) == []
+    assert _rounds_with_side_inputs(EvolveConfig(rounds=2, operations=["clarify"], low_resource_domains=["law"])) == []
+    waiting = _rounds_with_side_inputs(EvolveConfig(rounds=2, low_resource_domains=["law"]))
+    assert len(waiting) == 2 and all("Round" in label for label in waiting)
