@@ -1,13 +1,14 @@
 """Generation-stage throughput: the Beam pipeline vs a bare async client, same server.
 
-    .venv/bin/python benchmarks/pipeline_throughput.py [--seeds 60] [--concurrency 32] [--rounds 2]
+    .venv/bin/python benchmarks/pipeline_throughput.py [--seeds 60] [--concurrency 32] [--rounds 3]
 
 One vLLM server (embedded model) is started once. The same generation requests (the
 GenerateStage's prompts for the shipped seeds, same seeded sampling params) are sent
 (a) by a bare asyncio OpenAI client saturating the server with `concurrency` requests in
-flight, and (b) by `seeds | GenerateStage` on the DirectRunner, alternating, `rounds` times
-each. Reported: completion tokens/s of each and the ratio pipeline / bare (goal ≥ 0.95).
-The call cache is off, so every request really runs.
+flight, and (b) by `seeds | GenerateStage` on the DirectRunner, `rounds` times each, the
+order swapping every round and vLLM's prefix cache emptied before every run (so neither side
+finds the other's prompts cached). Reported: completion tokens/s of each and the ratio
+pipeline / bare of the means (goal ≥ 0.95). The call cache is off: every request really runs.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import apache_beam as beam
 import openai
 
+from benchmarks.common import reset_prefix_cache
 from datagen import progress
 from datagen.generate import GenerateConfig, GenerateFn, GenerateStage
 from datagen.inference import registry
@@ -71,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     model = registry.ModelConfig(model="smollm2-135m", served_name="bench", max_concurrency=args.concurrency)
     models = {"default": model}
@@ -81,15 +83,20 @@ def main() -> None:
     fn = GenerateFn(cfg, model)
     requests = [r for rec in records for r in fn.requests(rec)]
     asyncio.run(bare_client(llm.server.base_url, "bench", requests[:4], 4))  # warm-up
-    bare, piped = [], []
+    runs = {
+        "bare": lambda: asyncio.run(bare_client(llm.server.base_url, "bench", requests, args.concurrency)),
+        "pipeline": lambda: pipeline_run(records, cfg, models),
+    }
+    rates: dict[str, list[float]] = {"bare": [], "pipeline": []}
     try:
-        for _ in range(args.rounds):
-            tokens, secs = asyncio.run(bare_client(llm.server.base_url, "bench", requests, args.concurrency))
-            bare.append(tokens / secs)
-            tokens, secs = pipeline_run(records, cfg, models)
-            piped.append(tokens / secs)
+        for r in range(args.rounds):
+            for side in (["bare", "pipeline"] if r % 2 == 0 else ["pipeline", "bare"]):
+                reset_prefix_cache(llm.server.base_url)
+                tokens, secs = runs[side]()
+                rates[side].append(tokens / secs)
     finally:
         registry.shutdown_all()
+    bare, piped = rates["bare"], rates["pipeline"]
     result = {"requests": len(requests), "concurrency": args.concurrency,
               "bare_tok_s": [round(x, 1) for x in bare], "pipeline_tok_s": [round(x, 1) for x in piped],
               "ratio_pipeline_over_bare": round(statistics.mean(piped) / statistics.mean(bare), 3)}

@@ -1,6 +1,7 @@
 """vLLM cold start and tokens/s for the embedded model, eager vs compiled.
 
     .venv/bin/python benchmarks/vllm_server.py [--modes eager,compiled] [--concurrency 1,8]
+    .venv/bin/python benchmarks/vllm_server.py --trace eager   # where the cold start goes
 
 For each mode: seconds from launch to /health ready, to the first generated token, and
 completion tokens/s at each concurrency (fixed-length requests: ignore_eos). Ratios are
@@ -11,6 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 
 import openai
@@ -18,7 +22,7 @@ import openai
 from datagen.inference.managed import server_args, server_env
 from datagen.inference.models import resolve_model
 from datagen.inference.registry import ModelConfig
-from datagen.inference.vllm_server import VLLMServer
+from datagen.inference.vllm_server import VLLMServer, free_port
 
 PROMPTS = [f"Write a short paragraph about topic number {i}: rivers, stars, or bread." for i in range(64)]
 
@@ -79,13 +83,37 @@ def measure(mode: str, concurrencies: list[int], max_tokens: int) -> dict:
             "tokens_per_s": {c: round(r, 1) for c, r in rates.items()}}
 
 
+def trace_start(mode: str) -> None:
+    """Print the server's output time-stamped from launch until it answers /health."""
+    overrides, env = MODES[mode]
+    cfg = ModelConfig(model="smollm2-135m", served_name="bench", kv_cache_gib=2, **overrides)
+    server = VLLMServer(resolve_model(cfg.model), "bench", server_args(cfg))
+    server.port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "INFO", **server_env(cfg), **env}
+    start = time.monotonic()
+    proc = subprocess.Popen(server.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if "GET /health" not in line and line.strip():
+                print(f"{time.monotonic() - start:6.1f}s  {line.rstrip()[:150]}", flush=True)
+            if "Application startup complete" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--modes", default="eager,compiled,compiled-restart",
                         help="comma list of: " + ", ".join(MODES) + " (suffix -restart: a second start)")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--max_tokens", type=int, default=64)
+    parser.add_argument("--trace", choices=sorted(MODES), help="only trace one mode's start, phase by phase")
     args = parser.parse_args()
+    if args.trace:
+        trace_start(args.trace)
+        return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     results = [measure(m, concurrencies, args.max_tokens) for m in args.modes.split(",")]
     base = results[0]

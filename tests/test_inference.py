@@ -162,3 +162,16 @@ def test_transformers_backend_matches_plain_generate_on_the_tiny_moe():
     registry.shutdown_all()
     assert out[1].texts == [expected]
     assert out[0].ok and out[0].completion_tokens > 0
+
+
+def test_managed_server_env_comes_from_the_model_config(tmp_path):
+    from datagen.inference.managed import server_env
+    from pipelines.config import load_config
+    from pipelines.synth_config import SynthConfig
+
+    path = tmp_path / "two.yaml"
+    path.write_text("models:\n  default: {model: smollm2-135m}\n  judge:\n    model: smollm2-135m\n    kv_cache_gib: 3\n"
+                    "    server_env: {VLLM_CPU_OMP_THREADS_BIND: '1'}\n", encoding="utf-8")
+    judge = load_config(SynthConfig, str(path), []).models["judge"]
+    assert server_env(judge) == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_CPU_OMP_THREADS_BIND": "1"}
+    assert server_env(registry.ModelConfig()) == {"VLLM_CPU_KVCACHE_SPACE": "2"}

@@ -20,8 +20,8 @@ def on_cpu() -> bool:
 
 
 def server_env(cfg) -> dict[str, str]:
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib)))}
-    return env
+    return {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib))),
+            **{str(k): str(v) for k, v in cfg.server_env.items()}}
 
 
 def cpu_has_bf16() -> bool:

