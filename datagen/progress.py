@@ -12,6 +12,7 @@ from collections import Counter
 
 _lock = threading.Lock()
 _done: Counter = Counter()
+_waiting: Counter = Counter()  # records whose model calls are in flight, per stage
 _tokens = {"completion": 0}
 
 
@@ -21,10 +22,18 @@ def record(stage: str, records: int = 1, completion_tokens: int = 0) -> None:
         _tokens["completion"] += completion_tokens
 
 
+def waiting(stage: str, change: int) -> None:
+    """A record's model calls were submitted (+1) or came back (-1). Tokens are only counted when
+    a record completes, so this is what shows a long stage is busy, not stuck."""
+    with _lock:
+        _waiting[stage] += change
+
+
 def reset() -> None:
     """Start counting afresh (one pipeline run per process at a time)."""
     with _lock:
         _done.clear()
+        _waiting.clear()
         _tokens["completion"] = 0
 
 
@@ -33,8 +42,14 @@ def snapshot() -> tuple[dict[str, int], int]:
         return dict(_done), _tokens["completion"]
 
 
+def in_flight() -> dict[str, int]:
+    with _lock:
+        return {stage: n for stage, n in _waiting.items() if n > 0}
+
+
 class ProgressPrinter:
-    """Prints `[  42s] generate 30 · evolve 12 · 183 tok/s` while a pipeline runs."""
+    """Prints `[  42s] generate 30 · evolve 12 (+9 at the model) · 4810 tokens generated (114 tok/s)`
+    while a pipeline runs."""
 
     def __init__(self, order: list[str], every: float = 10.0, stream=sys.stderr) -> None:
         self.order = order
@@ -54,9 +69,11 @@ class ProgressPrinter:
 
     def line(self) -> str:
         done, tokens = snapshot()
+        busy = in_flight()
         elapsed = time.monotonic() - self._start
-        parts = [f"{stage} {done[stage]}" for stage in self.order if stage in done]
-        parts += [f"{stage} {n}" for stage, n in sorted(done.items()) if stage not in self.order]
+        stages = [s for s in self.order if s in done or s in busy]
+        stages += sorted(s for s in {*done, *busy} if s not in self.order)
+        parts = [f"{s} {done.get(s, 0)}" + (f" (+{busy[s]} at the model)" if s in busy else "") for s in stages]
         rate = tokens / elapsed if elapsed > 0 else 0.0
         return f"[{elapsed:5.0f}s] " + (" · ".join(parts) or "starting (model servers warming up)") + \
             f" · {tokens} tokens generated ({rate:.0f} tok/s)"

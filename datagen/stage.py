@@ -129,6 +129,7 @@ class LLMStageFn(beam.DoFn):
             yield from route(self.stage, self._counters, [reqs])
             return
         self._pending.append((record, [self.llm.submit(r) for r in reqs]))
+        progress.waiting(self.stage, +1)
         yield from self._drain(block=len(self._pending) > self.max_inflight)
 
     def finish_bundle(self):
@@ -147,6 +148,7 @@ class LLMStageFn(beam.DoFn):
             cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
         for item in finished:
             self._pending.remove(item)
+            progress.waiting(self.stage, -1)
             record, futures = item
             yield from route(self.stage, self._counters, self._complete(record, futures), windowed)
 

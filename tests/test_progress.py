@@ -1,0 +1,35 @@
+"""The progress line: records done per stage, and records still waiting on the model."""
+from __future__ import annotations
+
+from datagen import progress
+from datagen.evolve import EvolveConfig, EvolveStage
+from datagen.inference.fake import FakeLLM
+from datagen.inference.registry import ModelConfig, install
+from datagen.record import Record
+from stage_harness import run_transform
+
+
+def test_line_shows_done_records_and_records_at_the_model():
+    progress.reset()
+    progress.record("generate", 3, 120)
+    progress.waiting("respond", +1)
+    progress.waiting("respond", +1)
+    printer = progress.ProgressPrinter(["seeds", "generate", "respond"])
+    line = printer.line()
+    assert "generate 3 · respond 0 (+2 at the model)" in line and "120 tokens generated" in line
+    assert "seeds" not in line  # a stage shows up once it has done or started something
+    progress.waiting("respond", -2)
+    assert "at the model" not in printer.line()
+    progress.reset()
+
+
+def test_an_llm_stage_leaves_nothing_in_flight_and_counts_every_record():
+    progress.reset()
+    model = ModelConfig(backend="fake", model="progress-test")
+    install(model, FakeLLM(lambda req: "Explain clearly why the sky looks blue at noon?", name="p"))
+    records = [Record(f"s{i}", domain="science", instruction=f"Why is the sky blue at {i} o'clock?")
+               for i in range(5)]
+    run_transform(records, EvolveStage(EvolveConfig(operations=["clarify"]), {"default": model}), ["evolve"])
+    done, _ = progress.snapshot()
+    assert done["evolve"] == 5 and progress.in_flight() == {}
+    progress.reset()
