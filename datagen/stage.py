@@ -12,9 +12,9 @@ many requests in flight so the inference server stays busy.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
 import logging
+import queue
+import threading
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
@@ -115,10 +115,12 @@ class LLMStageFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = StageCounters(self.stage)
         self._calls = Metrics.counter(CALLS_NAMESPACE, "completed")
+        self._lock = threading.Lock()
         self.llm = get_llm(self.model)
 
     def start_bundle(self) -> None:
-        self._pending: collections.deque = collections.deque()
+        self._finished: queue.SimpleQueue = queue.SimpleQueue()  # records whose calls are all done
+        self._waiting = 0  # records submitted and not yet emitted
 
     def process(self, record: Record):
         try:
@@ -128,28 +130,44 @@ class LLMStageFn(beam.DoFn):
         if isinstance(reqs, Record):
             yield from route(self.stage, self._counters, [reqs])
             return
-        self._pending.append((record, [self.llm.submit(r) for r in reqs]))
-        progress.waiting(self.stage, +1)
-        yield from self._drain(block=len(self._pending) > self.max_inflight)
+        self._track(record, [self.llm.submit(r) for r in reqs])
+        yield from self._drain(block=self._waiting > self.max_inflight)
 
     def finish_bundle(self):
-        while self._pending:
+        while self._waiting:
             yield from self._drain(block=True, windowed=True)
+
+    def _track(self, record: Record, futures: list) -> None:
+        """Queue the record when its last call finishes: each completion costs O(1), however many
+        records are in flight (the callbacks run on the client's thread and only count)."""
+        self._waiting += 1
+        progress.waiting(self.stage, +1)
+        left = [len(futures)]
+
+        def one_done(_future) -> None:
+            with self._lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._finished.put((record, futures))
+
+        if not futures:
+            self._finished.put((record, futures))
+        for future in futures:
+            future.add_done_callback(one_done)
 
     def _drain(self, block: bool, windowed: bool = False):
         """Emit every record whose calls are all done, in completion order (a slow record must
         not hold back finished ones: downstream stages start on them at once). With `block`,
         first wait until at least one record is done."""
-        while True:
-            finished = [item for item in self._pending if all(f.done() for f in item[1])]
-            if finished or not block or not self._pending:
-                break
-            waiting = [f for _, futures in self._pending for f in futures if not f.done()]
-            cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
-        for item in finished:
-            self._pending.remove(item)
+        while self._waiting:
+            try:
+                record, futures = self._finished.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            self._waiting -= 1
             progress.waiting(self.stage, -1)
-            record, futures = item
             yield from route(self.stage, self._counters, self._complete(record, futures), windowed)
 
     def _complete(self, record: Record, futures) -> list[Record]:
