@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 
 import openai
@@ -22,7 +19,7 @@ import openai
 from datagen.inference.managed import server_args, server_env
 from datagen.inference.models import resolve_model
 from datagen.inference.registry import ModelConfig
-from datagen.inference.vllm_server import VLLMServer, free_port
+from datagen.inference.vllm_server import VLLMServer
 
 PROMPTS = [f"Write a short paragraph about topic number {i}: rivers, stars, or bread." for i in range(64)]
 
@@ -84,23 +81,29 @@ def measure(mode: str, concurrencies: list[int], max_tokens: int) -> dict:
 
 
 def trace_start(mode: str) -> None:
-    """Print the server's output time-stamped from launch until it answers /health."""
+    """Launch the server as the pipeline does and print its log, each line time-stamped from
+    launch (polled every 0.1 s), until it is ready."""
     overrides, env = MODES[mode]
     cfg = ModelConfig(model="smollm2-135m", served_name="bench", kv_cache_gib=2, **overrides)
-    server = VLLMServer(resolve_model(cfg.model), "bench", server_args(cfg))
-    server.port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "INFO", **server_env(cfg), **env}
+    server = VLLMServer(resolve_model(cfg.model), "bench", server_args(cfg),
+                        env={**server_env(cfg), "VLLM_LOGGING_LEVEL": "INFO", **env})
     start = time.monotonic()
-    proc = subprocess.Popen(server.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    server.launch()
+    read, ready = 0, False
     try:
-        for line in proc.stdout:
-            if "GET /health" not in line and line.strip():
-                print(f"{time.monotonic() - start:6.1f}s  {line.rstrip()[:150]}", flush=True)
-            if "Application startup complete" in line:
-                break
+        while not ready:
+            time.sleep(0.1)
+            text = server.log_path.read_text(encoding="utf-8", errors="replace")
+            complete = text[read:text.rfind("\n") + 1]  # whole lines only
+            read += len(complete)
+            for line in complete.splitlines():
+                if line.strip() and "GET /health" not in line:
+                    print(f"{time.monotonic() - start:6.1f}s  {line[:150]}", flush=True)
+                ready = ready or "Application startup complete" in line
+            if server.proc.poll() is not None:
+                raise SystemExit(f"the server exited with {server.proc.returncode}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        server.stop()
 
 
 def main() -> None:
