@@ -22,7 +22,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from pipelines.config import load_config
+from datagen.config import load_config
 from posttrain import dpo
 from rewards.ema import EMAConfig
 

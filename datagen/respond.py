@@ -21,7 +21,7 @@ from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import Record, Response
 from datagen.stage import LLMStageFn, RecordFn, StageResult, run_stage
-from pipelines.config import ConfigError
+from datagen.config import ConfigError
 
 STAGE = "respond"
 ANY_DOMAIN = "*"

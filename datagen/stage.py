@@ -25,7 +25,7 @@ from datagen import progress
 from datagen.inference.base import Completion, Request
 from datagen.inference.registry import ModelConfig, get_llm
 from datagen.record import KEPT, REJECTED, Record
-from pipelines.config import ConfigError
+from datagen.config import ConfigError
 
 log = logging.getLogger(__name__)
 REJECTED_TAG = "rejected"

@@ -38,7 +38,7 @@ from datagen.output import WriteRecords, collect_stage_stats, finalize, push_to_
 from datagen.respond import RespondStage
 from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
-from pipelines.config import ConfigError, load_config, parse_overrides, to_dict
+from datagen.config import ConfigError, load_config, parse_overrides, to_dict
 from pipelines.synth_config import SynthConfig
 
 log = logging.getLogger("synthpost")

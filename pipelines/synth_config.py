@@ -20,7 +20,7 @@ from datagen.output import OutputConfig
 from datagen.respond import RespondConfig
 from datagen.rules import RulesConfig
 from datagen.seeds import SeedsConfig
-from pipelines.config import ConfigError
+from datagen.config import ConfigError
 
 
 @dataclass

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # `accelerate launch posttrain/dpo.py` runs this 
 
 from transformers import TrainerCallback  # noqa: E402
 
-from pipelines.config import ConfigError, load_config, split_config_arg, to_dict  # noqa: E402
+from datagen.config import ConfigError, load_config, split_config_arg, to_dict  # noqa: E402
 from posttrain.data import DataError, DataReport, load_view  # noqa: E402
 from posttrain.moe import (MoEConfig, MoETrainerMixin, ModelLoadError, ModelSpec, is_moe,  # noqa: E402
                            load_policy, load_tokenizer)

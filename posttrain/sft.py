@@ -21,7 +21,7 @@ from typing import Literal
 if __package__ in (None, ""):  # `accelerate launch posttrain/sft.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.config import ConfigError, load_config, split_config_arg, to_dict  # noqa: E402
+from datagen.config import ConfigError, load_config, split_config_arg, to_dict  # noqa: E402
 from posttrain.data import DataConfig, DataError, DataReport, load_sft_splits  # noqa: E402
 from posttrain.moe import (MoEConfig, MoETrainerMixin, ModelLoadError, ModelSpec, build_param_groups,  # noqa: E402
                            describe_param_groups, is_moe, load_policy, load_tokenizer, prepare_moe_model)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines.config import ConfigError, load_config, split_config_arg, to_dict
+from datagen.config import ConfigError, load_config, split_config_arg, to_dict
 from posttrain.data import DataError, DataReport, hold_out
 from posttrain.moe import ModelLoadError, resolve_name
 from rewards.ema import EMACallback, EMAConfig

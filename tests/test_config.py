@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from pipelines.config import ConfigError, load_config, parse_overrides
+from datagen.config import ConfigError, load_config, parse_overrides
 
 
 @dataclass

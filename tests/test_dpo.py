@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from datagen.inference.base import Completion
 from datagen.inference.fake import FakeLLM
-from pipelines.config import ConfigError
+from datagen.config import ConfigError
 from posttrain import dpo
 from posttrain.moe import MoEConfig, prepare_moe_model
 from posttrain.online import (Cursor, OnlineConfig, OnlineRounds, mix_pairs, sample_with_llm,
@@ -317,7 +317,7 @@ def test_inconsistent_configs_are_clear_errors(tmp_path, overrides, message):
 
 @pytest.mark.parametrize("path", ["configs/posttrain/dpo_tiny.yaml", "configs/posttrain/dpo_hunyuan.yaml"])
 def test_shipped_recipes_parse(path):
-    from pipelines.config import load_config
+    from datagen.config import load_config
 
     cfg = load_config(dpo.DPORunConfig, path, ["--max_steps", "3", "--output_dir", "/tmp/x"])
     assert (cfg.max_steps, cfg.output_dir, cfg.loss_type) == (3, "/tmp/x", ["sigmoid", "sft"])

@@ -13,7 +13,7 @@ from datagen.evolve import (STAGE, TEMPLATE_VERSION, EvolveConfig, EvolveStage, 
 from datagen.inference.fake import FakeLLM
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import EvolutionStep, Record
-from pipelines.config import ConfigError, load_config
+from datagen.config import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
 from stage_harness import run_transform
 

@@ -11,7 +11,7 @@ from datagen.generate import (CAP_STAGE, STAGE, TEMPLATE_VERSION, GenerateConfig
 from datagen.inference.fake import FakeLLM
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import REJECTED, Record
-from pipelines.config import ConfigError, load_config
+from datagen.config import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
 from stage_harness import run_transform
 

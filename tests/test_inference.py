@@ -166,7 +166,7 @@ def test_transformers_backend_matches_plain_generate_on_the_tiny_moe():
 
 def test_managed_server_env_comes_from_the_model_config(tmp_path):
     from datagen.inference.managed import server_env
-    from pipelines.config import load_config
+    from datagen.config import load_config
     from pipelines.synth_config import SynthConfig
 
     path = tmp_path / "two.yaml"

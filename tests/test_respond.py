@@ -11,7 +11,7 @@ from datagen.inference.registry import ModelConfig, install
 from datagen.record import Record, Response
 from datagen.respond import (STAGE, TEMPLATE_ID, RespondConfig, RespondFn, RespondStage, build_prompt,
                              check_routing, route_for)
-from pipelines.config import ConfigError
+from datagen.config import ConfigError
 from stage_harness import run_transform
 
 GENERAL = ModelConfig(backend="fake", model="general-test")

@@ -224,7 +224,7 @@ def test_train_rm_bad_config_key_is_reported(capsys):
 
 @pytest.mark.parametrize("path", ["configs/rewards/rm_tiny.yaml", "configs/rewards/rm_hunyuan.yaml"])
 def test_shipped_reward_recipes_parse(path):
-    from pipelines.config import load_config
+    from datagen.config import load_config
     from rewards.train_rm import TrainRMConfig
 
     cfg = load_config(TrainRMConfig, path, ["--max_steps", "3"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.config import load_config
+from datagen.config import load_config
 from posttrain.data import DataConfig, DataError, conversation_problem, load_sft_splits, load_view
 from posttrain.moe import MoEConfig
 from posttrain.sft import SFTRunConfig, build_trainer, main, train

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pipelines import synth
-from pipelines.config import ConfigError
+from datagen.config import ConfigError
 from pipelines.synth_config import SynthConfig
 
 
@@ -43,7 +43,7 @@ def test_main_reports_a_missing_seed_path(capsys, tmp_path):
 
 
 def test_shipped_default_yaml_equals_the_dataclass_defaults():
-    from pipelines.config import load_config, to_dict
+    from datagen.config import load_config, to_dict
 
     assert to_dict(load_config(SynthConfig, "configs/synth/default.yaml")) == to_dict(SynthConfig())
 

@@ -4,9 +4,18 @@
 overrides (dotted keys reach into nested dataclasses) and checks every key and type.
 An unknown key or a bad value raises ConfigError naming the key, e.g.
 `generation.k: expected int, got 'three'`.
+
+Every field carries its help text where it is declared, with `option`:
+
+    k: int = option(3, "instructions asked for per seed")
+
+`describe_keys(MyConfig)` lists every dotted key with its type, default and help (what `--help`
+prints). This module is the ground floor of the config system: every package may use it, and it
+knows none of them.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -20,6 +29,69 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:  # noqa: A002
+    """A config field with its help text. Lists, dicts and dataclass instances given as `default`
+    are copied for every instance; `factory=` builds the default (e.g. a nested config class)."""
+    if not help:
+        raise ValueError("option() needs its help text")
+    metadata = {"help": help}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def help_of(field: dataclasses.Field) -> str:
+    return field.metadata.get("help", "")
+
+
+def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every field, nested sections expanded in place."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            rows.append((key, "section", "", help_of(f)))
+            rows += describe_keys(tp, key + ".")
+            continue
+        if typing.get_origin(tp) is dict and dataclasses.is_dataclass((typing.get_args(tp) or (None, None))[1]):
+            inner = typing.get_args(tp)[1]
+            rows.append((key, f"mapping of name → {inner.__name__}", "", help_of(f)))
+            rows += describe_keys(inner, key + ".<name>.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
+        rows.append((key, _type_name(tp), repr(default), help_of(f)))
+    return rows
+
+
+def format_keys(cls: type) -> str:
+    """The `--help` table of a config class: one line per key."""
+    rows = describe_keys(cls)
+    width = max((len(k) for k, *_ in rows), default=0)
+    lines = []
+    for key, tp, default, text in rows:
+        shown = f" [{tp}" + (f", default {default}" if default else "") + "]"
+        lines.append(f"  --{key.ljust(width)}  {text}{shown}")
+    return "\n".join(lines)
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
