@@ -22,8 +22,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from datagen.record import Record
-from datagen.rules import words
 from datagen.stage import RecordFn, StageResult, run_stage
+from datagen.text import words
 
 STAGE = "decontam"
 

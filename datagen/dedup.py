@@ -27,8 +27,8 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from datagen.record import Record
-from datagen.rules import words
 from datagen.stage import StageResult, StageCounters, route, run_stage
+from datagen.text import words
 
 STAGE = "dedup"
 

@@ -11,7 +11,7 @@ the failed step stays on the kept original) with one of these reasons:
 - evolution_unparseable: nothing instruction-sized left after stripping chatter and labels;
 - evolution_copy: difflib similarity to the original (or an example) >= `copy_similarity`;
 - evolution_became_answer: opens like an answer ("Answer:", "To solve", \\boxed) or asks nothing
-  (no "?", no imperative or request verb — `generate.looks_like_instruction`);
+  (no "?", no imperative or request verb — `datagen.text.looks_like_instruction`);
 - evolution_lost_information (clarify/harder): a number of the original is missing, or fewer than
   `min_keyword_retention` of its keywords (words of 4+ letters, cut to 6, stopwords aside; CJK
   character pairs) survive.
@@ -29,12 +29,13 @@ from typing import Literal
 
 import apache_beam as beam
 
-from datagen.generate import (ANSWER, CHATTER, MARKER, clean_instruction, is_mostly_cjk, looks_like_answer,
-                              looks_like_instruction, unmark, valid_tests)
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
+from datagen.python_code import valid_tests
 from datagen.record import EvolutionStep, Record
 from datagen.stage import REJECTED_TAG, LLMStageFn, StageCounters, StageResult, model_for
+from datagen.text import (ANSWER, CHATTER, MARKER, clean_instruction, is_mostly_cjk, long_enough, looks_like_answer,
+                          looks_like_instruction, unmark)
 
 STAGE = "evolve"
 OPERATIONS = ("clarify", "expand", "harder")
@@ -132,7 +133,7 @@ def similarity(a: str, b: str) -> float:
 def check_evolution(operation: str, before: str, after: str, examples: list[str],
                     cfg: EvolveConfig) -> tuple[str, str]:
     """("", "") when the evolution is usable, else (reason, detail)."""
-    if len(after) < (4 if is_mostly_cjk(after) else 10):
+    if not long_enough(after):
         return "evolution_unparseable", f"nothing usable in the output ({after!r})"
     for other in [before, *examples]:
         ratio = similarity(other, after)

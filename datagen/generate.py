@@ -7,12 +7,11 @@ chatter before and after, code fences, echoed answers. Math and code items, and 
 closed questions, are flagged `objective`; code items keep `assert` lines as tests when they
 compile and call a function the instruction names. An item counts as an instruction when it has
 a "?", starts with an imperative or question word, or uses a request verb, and does not open
-like an answer (`looks_like_instruction` / `looks_like_answer`, shared with evolve). Then
+like an answer (`looks_like_instruction` / `looks_like_answer` in datagen/text.py). Then
 `DomainCap` keeps at most `max_per_domain` records per domain (lowest ids win, so reruns agree).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import re
@@ -22,8 +21,11 @@ import apache_beam as beam
 
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
+from datagen.python_code import valid_tests
 from datagen.record import Record
 from datagen.stage import REJECTED_TAG, LLMStageFn, RecordFn, StageResult, model_for, run_stage
+from datagen.text import (ANSWER, CHATTER, MARKER, clean_instruction, is_mostly_cjk, long_enough, looks_like_answer,
+                          looks_like_instruction, unmark)
 
 STAGE = "generate"
 CAP_STAGE = "domain_cap"
@@ -79,50 +81,9 @@ class ParsedInstruction:
     tests: tuple[str, ...] = ()
 
 
-# -- text heuristics (shared with evolve) ------------------------------------------------------
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-MARKER = re.compile(r"^\s*(?:#{1,6}\s*)?(?:\*\*)?(?:\d{1,3}\s*(?:[.):](?=\s|$|\*)|[、．：）])|[（(]\d{1,3}[)）]"
-                     r"|[一二三四五六七八九十]{1,3}\s*[、.．]|[-*•·](?=\s)"
-                     r"|(?:instruction|question|task|problem|prompt|q)\s*\d{0,3}\s*[:.：])\s*(?:\*\*)?\s*", re.I)
-_LABEL = re.compile(r"^(?:(?:new|rewritten|harder|clearer|evolved)\s+)?(?:instruction|question|task|problem|"
-                    r"prompt)\s*\d{0,3}\s*[:：]\s*", re.I)
-# Lines that are talk about the output, not part of it ("Sure! Here are 3 questions:").
-CHATTER = re.compile(r"^\s*(?:sure\b|certainly|of course|okay[,!.]|ok[,!.]|great[,!.]|here(?:'s| is| are)\b|"
-                     r"i hope|i(?:'ve| have) (?:created|written|generated|come up)|let me know|feel free|"
-                     r"note[:：]|these (?:are|questions|tasks|problems|instructions)\b|good luck|enjoy[!.]|"
-                     r"(?:in )?this (?:version|rewrite|new|harder|clearer|task|instruction)\b|好的|以下是)", re.I)
-# Openings of an answer rather than a question or request.
-ANSWER = re.compile(r"^\s*(?:\**(?:the )?(?:final )?answer\b|\**solution\s*[:：]|explanation\s*[:：]|step 1\b|"
-                    r"to solve (?:this|the)\b|let(?:'s| us) (?:solve|start|break|think|calculate|find)\b|"
-                    r"therefore\b|so the (?:answer|result)\b|答案|解答|解[:：])", re.I)
-_START = set("write explain describe calculate compute find determine prove show list compare discuss implement "
-             "create give summarize summarise analyze analyse solve evaluate identify design suggest translate "
-             "rewrite define estimate outline convert count reverse sort build make plan draft compose name state "
-             "derive simplify classify predict imagine tell argue propose recommend modify fix debug optimize "
-             "generate check verify given suppose assume how what why which who when where can could "
-             "would should please consider use develop choose".split())
-_REQUEST = re.compile(r"\b(?:please|write|explain|describe|calculate|compute|find|determine|implement|solve|"
-                      r"prove|compare|discuss|summari[sz]e|estimate|evaluate|design|create|list)\b", re.I)
-_ZH_REQUEST = re.compile(r"[？吗请]|什么|如何|为什么|怎么|哪|多少|计算|求解|编写|解释|描述|分析|比较|证明|设计")
 _CLOSED = re.compile(r"^(?:what (?:is|was|are|were)|who|when|where|which|how (?:many|much|long|far|old)|"
                      r"in (?:what|which) year|name the)\b", re.I)
 _OPEN = re.compile(r"\b(?:explain|why|describe|discuss|compare|opinion|think|how (?:does|do|can|would))\b", re.I)
-
-
-def is_mostly_cjk(text: str) -> bool:
-    letters = [ch for ch in text if ch.isalpha()]
-    return bool(letters) and sum(bool(_CJK.match(ch)) for ch in letters) / len(letters) > 0.5
-
-
-def looks_like_instruction(text: str) -> bool:
-    """A question or a request: '?', an imperative/question word first, or a request verb."""
-    words = re.findall(r"[a-z']+", text.lower()[:40])
-    return ("?" in text or "？" in text or (bool(words) and words[0] in _START)
-            or bool(_REQUEST.search(text)) or bool(_ZH_REQUEST.search(text)))
-
-
-def looks_like_answer(text: str) -> bool:
-    return bool(ANSWER.match(text)) or "\\boxed" in text
 
 
 def is_closed_question(text: str) -> bool:
@@ -135,22 +96,6 @@ def is_closed_question(text: str) -> bool:
 
 def is_objective(domain: str, text: str, objective_domains: list[str]) -> bool:
     return domain in objective_domains or is_closed_question(text)
-
-
-def valid_tests(lines: list[str] | tuple[str, ...], instruction: str) -> tuple[str, ...]:
-    """Assert lines that parse and call a function the instruction names (else they test nothing)."""
-    names = set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", instruction)) | set(re.findall(r"`(\w+)`", instruction))
-    kept = []
-    for line in lines:
-        line = line.strip().strip("`")
-        try:
-            tree = ast.parse(line)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
-        calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-        if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert) and calls & names:
-            kept.append(line)
-    return tuple(dict.fromkeys(kept))[:5]
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -207,22 +152,6 @@ def _list_items(raw: str) -> list[ParsedInstruction]:
     return [ParsedInstruction(" ".join(lines), tuple(tests)) for lines, tests in items]
 
 
-def unmark(line: str) -> str:
-    return MARKER.sub("", MARKER.sub("", line, count=1), count=1)  # "* 1. text" nests two markers
-
-
-def _length_ok(text: str) -> bool:
-    return (4 if is_mostly_cjk(text) else 10) <= len(text) <= 2000
-
-
-def clean_instruction(text: str) -> str:
-    text = re.sub(r"\s+", " ", text).strip().strip("*").strip()
-    text = _LABEL.sub("", text).strip()
-    if len(text) >= 2 and text[0] in "\"'“「" and text[-1] in "\"'”」":
-        text = text[1:-1].strip()
-    return text[:-1].rstrip() + "." if text.endswith(":") else text
-
-
 def parse_instructions(raw: str, k: int | None = None, truncated: bool = False,
                        exclude: tuple[str, ...] = ()) -> list[ParsedInstruction]:
     """Instructions found in `raw`, cleaned, deduplicated, at most k. Never raises.
@@ -244,8 +173,8 @@ def _accept(items: list[ParsedInstruction], exclude: tuple[str, ...]) -> list[Pa
     out = []
     for item in items:
         text = clean_instruction(item.text)
-        if _length_ok(text) and text.lower() not in seen and looks_like_instruction(text) \
-                and not looks_like_answer(text):
+        if long_enough(text) and len(text) <= 2000 and text.lower() not in seen \
+                and looks_like_instruction(text) and not looks_like_answer(text):
             seen.add(text.lower())
             out.append(ParsedInstruction(text, valid_tests(item.tests, text)))
     return out

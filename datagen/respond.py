@@ -16,11 +16,11 @@ from typing import Iterable
 
 import apache_beam as beam
 
-from datagen.generate import is_mostly_cjk
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import Record, Response
 from datagen.stage import LLMStageFn, RecordFn, StageResult, run_stage
+from datagen.text import is_mostly_cjk
 from datagen.config import ConfigError
 
 STAGE = "respond"

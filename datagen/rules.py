@@ -24,7 +24,6 @@ import collections
 import dataclasses
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -32,6 +31,7 @@ import apache_beam as beam
 
 from datagen.record import Record, Response
 from datagen.stage import RecordFn, StageResult, run_stage
+from datagen.text import HAN_CHAR, words
 
 STAGE = "rules"
 
@@ -59,16 +59,6 @@ RESPONSE_REASONS = ("truncated", "empty_response", "response_too_short", "respon
 
 
 # -- text measures ----------------------------------------------------------------------------
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
-_HAN_CHAR = re.compile(f"[{_HAN}]")
-_WORD = re.compile(rf"[{_HAN}]|(?:(?![{_HAN}])[^\W_])+")
-
-
-def words(text: str) -> list[str]:
-    """Normalized words: NFKC, case-folded; each Han character is a word of its own."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
 def repeated_ngram_ratio(text: str, n: int) -> float:
     """Share of word n-grams that repeat an earlier one (0 for texts under 2n words)."""
     tokens = words(text)
@@ -105,7 +95,7 @@ def script_shares(text: str) -> dict[str, float]:
     """Shares of Han, Latin and other letters outside code; empty when there are no letters."""
     counts = collections.Counter()
     for char in _CODE.sub(" ", text):
-        if _HAN_CHAR.match(char):
+        if HAN_CHAR.match(char):
             counts["han"] += 1
         elif char.isalpha():
             counts["latin" if ord(char) < 0x250 else "other"] += 1

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datagen.generate import (CAP_STAGE, STAGE, TEMPLATE_VERSION, GenerateConfig, GenerateStage,
-                              ParsedInstruction, build_prompt, domain_tag, is_closed_question, is_mostly_cjk,
-                              looks_like_answer, looks_like_instruction, parse_instructions, valid_tests)
+                              ParsedInstruction, build_prompt, domain_tag, is_closed_question, parse_instructions)
+from datagen.python_code import valid_tests
+from datagen.text import is_mostly_cjk, looks_like_answer, looks_like_instruction
 from datagen.inference.fake import FakeLLM
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import REJECTED, Record

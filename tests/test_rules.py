@@ -11,7 +11,8 @@ from datagen.rules import (RESPONSE_REASONS, Finding, RulesConfig, RulesStage, a
                            check_code_fences, check_garbled, check_json, check_language_allowed,
                            check_language_match, check_length, check_repetition, check_truncated,
                            dominant_reason, instruction_finding, repeated_ngram_ratio, response_finding,
-                           script_language, words)
+                           script_language)
+from datagen.text import words
 from stage_harness import run_transform
 
 CFG = RulesConfig()
