@@ -37,7 +37,7 @@ import apache_beam as beam
 from datagen.inference.base import Completion, Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import CRITIQUE_ASPECTS, Critique, Record
-from datagen.stage import LLMStageFn, StageResult, model_for, run_stage
+from datagen.stage import LLMStageFn, StageResult, run_stage
 
 STAGE = "critique"
 STYLES = ("fewshot", "chat")
@@ -322,7 +322,7 @@ class CritiqueStage(beam.PTransform):
     def __init__(self, cfg: CritiqueConfig, models: dict[str, ModelConfig]) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = model_for(models, cfg.model, "critique.model")
+        self.model = models[cfg.model]
 
     def expand(self, pcoll: beam.PCollection) -> StageResult:
         return run_stage(pcoll, "Critique", CritiqueFn(self.cfg, self.model))

@@ -33,7 +33,7 @@ from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.python_code import valid_tests
 from datagen.record import EvolutionStep, Record
-from datagen.stage import REJECTED_TAG, LLMStageFn, StageCounters, StageResult, model_for
+from datagen.stage import REJECTED_TAG, LLMStageFn, StageCounters, StageResult
 from datagen.text import (ANSWER, CHATTER, MARKER, clean_instruction, is_mostly_cjk, long_enough, looks_like_answer,
                           looks_like_instruction, unmark)
 
@@ -212,7 +212,7 @@ class EvolveStage(beam.PTransform):
 
     def __init__(self, cfg: EvolveConfig, models: dict[str, ModelConfig]) -> None:
         super().__init__()
-        self.cfg, self.model = cfg, model_for(models, cfg.model, "evolve.model")
+        self.cfg, self.model = cfg, models[cfg.model]
 
     def expand(self, pcoll):
         # A side input holds every round back until generation has finished; only expansion

@@ -23,7 +23,7 @@ from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.python_code import valid_tests
 from datagen.record import Record
-from datagen.stage import REJECTED_TAG, LLMStageFn, RecordFn, StageResult, model_for, run_stage
+from datagen.stage import REJECTED_TAG, LLMStageFn, RecordFn, StageResult, run_stage
 from datagen.text import (ANSWER, CHATTER, MARKER, clean_instruction, is_mostly_cjk, long_enough, looks_like_answer,
                           looks_like_instruction, unmark)
 
@@ -270,7 +270,7 @@ class GenerateStage(beam.PTransform):
 
     def __init__(self, cfg: GenerateConfig, models: dict[str, ModelConfig]) -> None:
         super().__init__()
-        self.cfg, self.model = cfg, model_for(models, cfg.model, "generate.model")
+        self.cfg, self.model = cfg, models[cfg.model]
 
     def expand(self, pcoll):
         generated = run_stage(pcoll, "Generate", GenerateFn(self.cfg, self.model))

@@ -25,7 +25,6 @@ from datagen import progress
 from datagen.inference.base import Completion, Request
 from datagen.inference.registry import ModelConfig, get_llm
 from datagen.record import KEPT, REJECTED, Record
-from datagen.config import ConfigError
 
 log = logging.getLogger(__name__)
 REJECTED_TAG = "rejected"
@@ -183,14 +182,6 @@ class LLMStageFn(beam.DoFn):
             log.exception("%s failed on %s", self.stage, record.id)
             out = record.rejected(self.stage, "stage_error", f"{type(err).__name__}: {err}")
         return out if isinstance(out, list) else [out]
-
-
-
-def model_for(models: dict[str, ModelConfig], name: str, key: str) -> ModelConfig:
-    """The stage's model by its `models` key; `key` names the config field in the error."""
-    if name not in models:
-        raise ConfigError(f"{key}: {name!r} is not defined under models")
-    return models[name]
 
 
 def run_stage(pcoll: beam.PCollection, label: str, fn: beam.DoFn) -> StageResult:

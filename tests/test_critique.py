@@ -13,17 +13,15 @@ from datagen.critique import (CHAT_TEMPLATE_ID, FEWSHOT_TEMPLATE_ID, TEMPLATE_VE
                               CritiqueStage, ParsedCritique, critique_request, mean_score, parse_critique,
                               to_tier)
 from datagen.inference.base import Completion, Request, SamplingParams
-from datagen.inference.fake import FakeLLM
-from datagen.inference.registry import ModelConfig, install
 from datagen.record import CRITIQUE_ASPECTS, Critique, LineageStep, Record, Response
+from fakes import FakeLLM, install_fake
 from stage_harness import run_transform
 
 FULL = {"accuracy": 3, "relevance": 4, "completeness": 2, "usefulness": 3, "clarity": 4}
 
 
 def run_critique(records, judge, cfg=CritiqueConfig(model="judge")):
-    model = ModelConfig(backend="fake", model=f"judge-{id(judge)}")
-    install(model, judge)
+    model = install_fake(judge, f"judge-{id(judge)}")
     out = run_transform(records, CritiqueStage(cfg, {"judge": model}), ["critique"])
     by_seed = lambda r: r.seed_id  # noqa: E731
     return sorted(out.kept, key=by_seed), sorted(out.rejected, key=by_seed), out.counters["critique"]

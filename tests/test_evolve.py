@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from datagen.evolve import (STAGE, TEMPLATE_VERSION, EvolveConfig, EvolveStage, build_prompt, check_evolution,
                             choose_operation, parse_evolved)
-from datagen.inference.fake import FakeLLM
-from datagen.inference.registry import ModelConfig, install
+from datagen.inference.registry import ModelConfig
 from datagen.record import EvolutionStep, Record
 from datagen.config import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
+from fakes import FAKE_BACKEND, FakeLLM, install_fake
 from stage_harness import run_transform
 
 PIECES = ["Sure! Here is the rewritten question:", "Answer:", "1. ", "2. ", "```", "\n", "\n\n", ":", "?", "？",
@@ -24,8 +24,7 @@ REASONS = {"", "evolution_copy", "evolution_lost_information", "evolution_became
 
 
 def run(records, cfg, llm, namespaces=(STAGE,)):
-    model = ModelConfig(backend="fake", model="evolve-test")
-    install(model, llm)
+    model = install_fake(llm, "evolve-test")
     out = run_transform(records, EvolveStage(cfg, {"default": model}), namespaces)
     by_text = lambda r: r.instruction  # noqa: E731
     return sorted(out.kept, key=by_text), sorted(out.rejected, key=by_text), out.counters
@@ -111,8 +110,8 @@ def test_parse_and_check_never_raise(raw, before, operation):
 def test_config_validation():
     with pytest.raises(ConfigError, match="evolve: unknown operation 'shorter' in operations"):
         load_config(SynthConfig, overrides=["--evolve.operations", "[clarify, shorter]"])
-    with pytest.raises(ConfigError, match="evolve.model: 'big'"):
-        EvolveStage(EvolveConfig(model="big"), {"default": ModelConfig()})
+    with pytest.raises(ConfigError, match="evolve.model: model 'big' is not defined under models"):
+        load_config(SynthConfig, overrides=["--evolve.model", "big"])
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def _rounds_with_side_inputs(cfg: EvolveConfig) -> list[str]:
 
     p = beam.Pipeline()
     _ = p | beam.Create([Record("s", domain="law", instruction=LAW[0])]) | EvolveStage(
-        cfg, {"default": ModelConfig(backend="fake", model="evolve-test")})
+        cfg, {"default": ModelConfig(backend=FAKE_BACKEND, model="evolve-test")})
     visitor = Visitor()
     p.visit(visitor)
     return visitor.labels

@@ -9,11 +9,10 @@ from datagen.generate import (CAP_STAGE, STAGE, TEMPLATE_VERSION, GenerateConfig
                               ParsedInstruction, build_prompt, domain_tag, is_closed_question, parse_instructions)
 from datagen.python_code import valid_tests
 from datagen.text import is_mostly_cjk, looks_like_answer, looks_like_instruction
-from datagen.inference.fake import FakeLLM
-from datagen.inference.registry import ModelConfig, install
 from datagen.record import REJECTED, Record
 from datagen.config import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
+from fakes import FakeLLM, install_fake
 from stage_harness import run_transform
 
 P = ParsedInstruction
@@ -21,8 +20,7 @@ P = ParsedInstruction
 
 def run(records, cfg, llm, namespaces=(STAGE,)):
     """Run GenerateStage on the DirectRunner; returns kept, rejected and counters per namespace."""
-    model = ModelConfig(backend="fake", model="gen-test")
-    install(model, llm)
+    model = install_fake(llm, "gen-test")
     out = run_transform(records, GenerateStage(cfg, {"default": model}), namespaces)
     return (sorted(out.kept, key=lambda r: r.instruction), sorted(out.rejected, key=lambda r: r.seed_id),
             out.counters)
@@ -216,5 +214,5 @@ def test_domain_cap_keeps_lowest_ids_per_domain():
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="generate: k must be at least 1, got 0"):
         load_config(SynthConfig, overrides=["--generate.k", "0"])
-    with pytest.raises(ConfigError, match="generate.model: 'big'"):
-        GenerateStage(GenerateConfig(model="big"), {"default": ModelConfig()})
+    with pytest.raises(ConfigError, match="generate.model: model 'big' is not defined under models"):
+        load_config(SynthConfig, overrides=["--generate.model", "big"])

@@ -1,4 +1,4 @@
-"""The inference layer without a vLLM server: fake, transformers, OpenAI client, cache."""
+"""The inference layer without a vLLM server: backend registry, transformers, OpenAI client, cache."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import pytest
 from datagen.cache import CachedLLM
 from datagen.inference import registry
 from datagen.inference.base import Completion, InferenceError, Request, SamplingParams
-from datagen.inference.fake import FakeLLM
 from datagen.inference.models import TINY_MOE_ALIAS, resolve_model
 from datagen.inference.openai_client import OpenAIEndpointLLM
+from fakes import FakeLLM
 
 
 class FlakyOpenAI(BaseHTTPRequestHandler):
@@ -116,6 +116,20 @@ def test_unknown_alias_and_bad_directory_are_clear(tmp_path):
         resolve_model("smollm9")
     with pytest.raises(InferenceError, match="has no config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_a_backend_is_valid_in_configs_once_registered():
+    from datagen.config import ConfigError, load_config
+    from pipelines.synth_config import SynthConfig
+
+    with pytest.raises(ConfigError, match=r"models.default: backend 'echo' is not registered \(known: .*vllm"):
+        load_config(SynthConfig, overrides=["--models.default.backend", "echo"])
+    registry.register_backend("echo", lambda cfg: FakeLLM(lambda req: req.messages[-1][1], cfg.name))
+    cfg = load_config(SynthConfig, overrides=["--models.default.backend", "echo", "--models.default.model", "e1"])
+    llm = registry.get_llm(cfg.models["default"])
+    assert llm.identity == "fake:e1" and llm.generate([Request.chat("ping")])[0].texts == ["ping"]
+    assert registry.get_llm(cfg.models["default"]) is llm  # one instance per model per process
+    registry.shutdown_all()
 
 
 def test_fake_llm_records_calls_and_cycles_answers():

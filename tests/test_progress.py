@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from datagen import progress
 from datagen.evolve import EvolveConfig, EvolveStage
-from datagen.inference.fake import FakeLLM
-from datagen.inference.registry import ModelConfig, install
 from datagen.record import Record
+from fakes import FakeLLM, install_fake
 from stage_harness import run_transform
 
 
@@ -25,8 +24,8 @@ def test_line_shows_done_records_and_records_at_the_model():
 
 def test_an_llm_stage_leaves_nothing_in_flight_and_counts_every_record():
     progress.reset()
-    model = ModelConfig(backend="fake", model="progress-test")
-    install(model, FakeLLM(lambda req: "Explain clearly why the sky looks blue at noon?", name="p"))
+    model = install_fake(FakeLLM(lambda req: "Explain clearly why the sky looks blue at noon?", name="p"),
+                         "progress-test")
     records = [Record(f"s{i}", domain="science", instruction=f"Why is the sky blue at {i} o'clock?")
                for i in range(5)]
     run_transform(records, EvolveStage(EvolveConfig(operations=["clarify"]), {"default": model}), ["evolve"])

@@ -6,9 +6,9 @@ import dataclasses
 import threading
 
 from datagen.inference.base import Completion, Request
-from datagen.inference.registry import ModelConfig, install
 from datagen.record import Record
 from datagen.stage import LLMStageFn
+from fakes import install_fake
 
 
 class GatedLLM:
@@ -38,8 +38,7 @@ class Echo(LLMStageFn):
 
 
 def stage_with(llm: GatedLLM, max_inflight: int = 512) -> Echo:
-    model = ModelConfig(backend="fake", model="gated")
-    install(model, llm)
+    model = install_fake(llm, "gated")
     fn = Echo(model, max_inflight=max_inflight)
     fn.setup()
     fn.start_bundle()

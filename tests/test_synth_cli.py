@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from fakes import FAKE_BACKEND
 from pipelines import synth
 from datagen.config import ConfigError
 from pipelines.synth_config import SynthConfig
@@ -37,7 +38,7 @@ def test_main_prints_one_line_and_exits_2_on_bad_config(capsys):
 
 def test_main_reports_a_missing_seed_path(capsys, tmp_path):
     code = synth.main(["--seeds", str(tmp_path / "nothing.jsonl"), "--output", str(tmp_path / "o"), "--no_cache",
-                       "--models.default.backend", "fake"])
+                       "--models.default.backend", FAKE_BACKEND])
     assert code == 2
     assert "nothing.jsonl" in capsys.readouterr().err
 

@@ -13,8 +13,8 @@ import pytest
 
 from datagen.inference import registry
 from datagen.inference.base import Request
-from datagen.inference.fake import FakeLLM
 from datagen.output import read_records
+from fakes import FAKE_BACKEND, FakeLLM
 from pipelines import synth
 
 GOOD_SEEDS = [
@@ -52,7 +52,7 @@ def respond_as_each_stage(request: Request) -> str | list[str]:
 
 @pytest.fixture
 def fake_model():
-    cfg = registry.ModelConfig(backend="fake")
+    cfg = registry.ModelConfig(backend=FAKE_BACKEND)
     llm = FakeLLM(respond_as_each_stage)
     registry.install(cfg, llm)
     yield llm
@@ -63,7 +63,7 @@ def test_every_input_is_accounted_for_at_every_stage(tmp_path, fake_model, capsy
     write_seeds(tmp_path / "seeds.jsonl")
     out = tmp_path / "out"
     code = synth.main(["--seeds", str(tmp_path / "seeds.jsonl"), "--output", str(out), "--no_cache",
-                       "--models.default.backend", "fake", "--evolve.operations", "[harder]"])
+                       "--models.default.backend", FAKE_BACKEND, "--evolve.operations", "[harder]"])
     assert code == 0, capsys.readouterr().err
     stats = json.loads((out / "stats.json").read_text())
     stages = stats["stages"]

@@ -3,6 +3,11 @@
 Every stage that names the same model gets the same client (and so the same vLLM server):
 one server per model per worker process, started once, kept warm across stages, stopped
 by `shutdown_all()` (called by entry points in `finally`, and at interpreter exit).
+
+Backends are looked up by name: `vllm`, `openai` and `transformers` are registered here;
+`register_backend(name, factory)` adds another (a factory takes the ModelConfig and returns an
+LLM), after which `backend: name` is a valid config value. Tests inject their doubles this
+way, or hand one instance to `install(cfg, llm)`; product code carries no fakes.
 """
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import concurrent.futures as cf
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Callable
 
+from datagen.config import option
 from datagen.inference.base import LLM, InferenceError
 from datagen.inference.models import resolve_model
 from datagen.inference.vllm_server import stop_all_servers
@@ -25,28 +31,34 @@ log = logging.getLogger(__name__)
 class ModelConfig:
     """How to reach one model. `backend` picks the implementation."""
 
-    backend: Literal["vllm", "openai", "transformers", "fake"] = "vllm"
-    model: str = "smollm2-135m"  # embedded alias, HF directory, or hub id
-    served_name: str = ""  # name sent in requests; defaults to `model`
-    base_url: str = ""  # openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = ""  # openai backend: env var holding the key (never logged)
-    max_concurrency: int = 32
-    request_timeout: float = 600.0
-    max_attempts: int = 4
-    backoff_seconds: float = 2.0
-    start_timeout: float = 900.0
-    max_restarts: int = 3
-    kv_cache_gib: float = 2.0  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
-    max_model_len: int = 4096
-    dtype: str = "auto"  # vLLM --dtype; "auto": bfloat16 on GPU, float32 on CPUs without AVX-512 BF16
-    enforce_eager: bool | None = None  # None: eager on CPU (first token 35 s vs 120 s), compiled on GPU
-    chunked_prefill: bool = False  # off: vllm-cpu 0.32 crashes on seeded chunked prefills
-    trust_remote_code: bool = False
-    extra_server_args: list[str] = field(default_factory=list)
-    server_env: dict[str, str] = field(default_factory=dict)  # extra env for the managed server, e.g.
-    # VLLM_CPU_OMP_THREADS_BIND: "1" to give a second server on one CPU machine its own core
-    fake_responses: list[str] = field(default_factory=list)  # fake backend only (unit tests)
-    cache_dir: str = ""  # set by the pipeline from `cache.dir`: reuse finished calls across runs
+    backend: str = option("vllm", "vllm (managed server) | openai (external endpoint) | transformers "
+                                  "(in process), or a backend added with registry.register_backend")
+    model: str = option("smollm2-135m", "model alias (python -m pipelines.models list), HF directory, or hub id")
+    served_name: str = option("", "name sent in requests; empty: `model`")
+    base_url: str = option("", "openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = option("", "openai backend: env var holding the key (never logged)")
+    max_concurrency: int = option(32, "requests in flight per model")
+    request_timeout: float = option(600.0, "seconds before one request is abandoned and retried")
+    max_attempts: int = option(4, "tries per request before it is recorded as inference_failed")
+    backoff_seconds: float = option(2.0, "first wait between tries; doubles each time")
+    start_timeout: float = option(900.0, "seconds a managed vLLM server may take to become ready")
+    max_restarts: int = option(3, "times a dead managed server is restarted before calls fail")
+    kv_cache_gib: float = option(2.0, "vLLM CPU KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    max_model_len: int = option(4096, "vLLM --max-model-len: prompt + answer tokens per request")
+    dtype: str = option("auto", "vLLM --dtype; auto: bfloat16 on GPU, float32 on CPUs without AVX-512 BF16")
+    enforce_eager: bool | None = option(None, "vLLM eager mode; null: eager on CPU (first token 35 s vs 120 s), "
+                                              "compiled on GPU")
+    chunked_prefill: bool = option(False, "vLLM chunked prefill; off: vllm-cpu 0.32 crashes on seeded chunked "
+                                          "prefills")
+    trust_remote_code: bool = option(False, "let transformers/vLLM run the model repo's own code")
+    extra_server_args: list[str] = option([], "more vLLM server arguments, e.g. [--enable-prefix-caching]")
+    server_env: dict[str, str] = option({}, "extra env for the managed server, e.g. VLLM_CPU_OMP_THREADS_BIND: "
+                                            "'1' to give a second server on one CPU machine its own core")
+    cache_dir: str = option("", "set by the pipeline from `cache.dir`: reuse finished calls across runs")
+
+    def __post_init__(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"backend {self.backend!r} is not registered (known: {', '.join(sorted(_BACKENDS))})")
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -101,7 +113,7 @@ def _quiet_get(cfg: ModelConfig) -> None:
 
 
 def _with_cache(cfg: ModelConfig, llm: LLM) -> LLM:
-    if not cfg.cache_dir or cfg.backend == "fake":
+    if not cfg.cache_dir:
         return llm
     from datagen.cache import CachedLLM
 
@@ -124,36 +136,54 @@ def shutdown_all() -> None:
 atexit.register(shutdown_all)
 
 
+BackendFactory = Callable[[ModelConfig], LLM]
+_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make `backend: name` a valid ModelConfig value; `factory(cfg)` builds its LLM on first use."""
+    _BACKENDS[name] = factory
+
+
 def _create(cfg: ModelConfig) -> LLM:
-    if cfg.backend == "vllm":
-        from datagen.inference.managed import ManagedVLLM
+    factory = _BACKENDS.get(cfg.backend)
+    if factory is None:  # a config unpickled in a process that never registered the backend
+        raise InferenceError(f"unknown backend {cfg.backend!r} (registered here: {', '.join(sorted(_BACKENDS))})")
+    return factory(cfg)
 
-        return ManagedVLLM(cfg, resolve_model(cfg.model))
-    if cfg.backend == "openai":
-        from datagen.inference.openai_client import OpenAIEndpointLLM
 
-        if not cfg.base_url:
-            raise InferenceError("backend 'openai' needs base_url")
-        llm = OpenAIEndpointLLM(
-            cfg.base_url, cfg.name, identity=f"openai:{cfg.name}", api_key_env=cfg.api_key_env or None,
-            max_concurrency=cfg.max_concurrency, request_timeout=cfg.request_timeout,
-            max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds)
-        llm.check_reachable()
-        return llm
-    if cfg.backend == "transformers":
-        from datagen.inference.transformers_llm import TransformersLLM
+def _managed_vllm(cfg: ModelConfig) -> LLM:
+    from datagen.inference.managed import ManagedVLLM
 
-        return TransformersLLM(resolve_model(cfg.model), name=cfg.name,
-                               trust_remote_code=cfg.trust_remote_code)
-    if cfg.backend == "fake":
-        from datagen.inference.fake import FakeLLM
+    return ManagedVLLM(cfg, resolve_model(cfg.model))
 
-        return FakeLLM(cfg.fake_responses, name=cfg.name)
-    raise InferenceError(f"unknown backend {cfg.backend!r}")
+
+def _openai_endpoint(cfg: ModelConfig) -> LLM:
+    from datagen.inference.openai_client import OpenAIEndpointLLM
+
+    if not cfg.base_url:
+        raise InferenceError("backend 'openai' needs base_url")
+    llm = OpenAIEndpointLLM(
+        cfg.base_url, cfg.name, identity=f"openai:{cfg.name}", api_key_env=cfg.api_key_env or None,
+        max_concurrency=cfg.max_concurrency, request_timeout=cfg.request_timeout,
+        max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds)
+    llm.check_reachable()
+    return llm
+
+
+def _in_process_transformers(cfg: ModelConfig) -> LLM:
+    from datagen.inference.transformers_llm import TransformersLLM
+
+    return TransformersLLM(resolve_model(cfg.model), name=cfg.name, trust_remote_code=cfg.trust_remote_code)
+
+
+register_backend("vllm", _managed_vllm)
+register_backend("openai", _openai_endpoint)
+register_backend("transformers", _in_process_transformers)
 
 
 def install(cfg: ModelConfig, llm: LLM) -> None:
-    """Make `get_llm(cfg)` return `llm` in this process (tests inject fakes this way)."""
+    """Make `get_llm(cfg)` return `llm` in this process (tests inject one instance this way)."""
     future: "cf.Future[LLM]" = cf.Future()
     future.set_result(llm)
     with _lock:

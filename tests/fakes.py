@@ -1,7 +1,10 @@
-"""A fake LLM with canned answers, for unit tests of parsing and routing.
+"""Test doubles for the inference layer, injected through the registry (product code has none).
 
-`responses` are used in order (cycling); a callable gets the Request and returns the text
-(or a list of texts, one per sample). Every call is recorded in `calls`.
+`FakeLLM` answers with canned text: `responses` are used in order (cycling); a callable gets the
+Request and returns the text (or a list of texts, one per sample, or a Completion). Every call is
+recorded in `calls`. Importing this module registers the backend name `fake` (so configs and
+command lines may say `backend: fake`); `install_fake(llm, model)` returns a ModelConfig whose
+`get_llm` is that very instance.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import concurrent.futures as cf
 import threading
 from typing import Callable, Sequence
 
+from datagen.inference import registry
 from datagen.inference.base import Completion, Request
 
 Responder = Callable[[Request], "str | list[str] | Completion"]
@@ -47,3 +51,14 @@ class FakeLLM:
 
     def close(self) -> None:
         pass
+
+
+FAKE_BACKEND = "fake"
+registry.register_backend(FAKE_BACKEND, lambda cfg: FakeLLM(name=cfg.name))
+
+
+def install_fake(llm, model: str = "fake") -> registry.ModelConfig:
+    """A `fake` ModelConfig named `model` whose get_llm returns `llm` in this process."""
+    cfg = registry.ModelConfig(backend=FAKE_BACKEND, model=model)
+    registry.install(cfg, llm)
+    return cfg
