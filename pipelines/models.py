@@ -1,6 +1,7 @@
-"""`python -m pipelines.models prepare [ALIAS ...]` — build embedded models into the cache.
+"""`python -m pipelines.models prepare [ALIAS ...]` — build model aliases into the cache.
 
-`python -m pipelines.models list` shows the aliases and where they live.
+`python -m pipelines.models list` shows the aliases and where they live. Importing posttrain
+registers its aliases (tiny-hunyuan-moe) next to datagen's embedded smollm2-135m.
 """
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import argparse
 import logging
 import sys
 
+import posttrain  # noqa: F401 - registers posttrain's model aliases
 from datagen.inference.base import InferenceError
-from datagen.inference.models import BUILDERS, EMBEDDED_ALIAS, cache_dir, prepare
+from datagen.inference.models import EMBEDDED_ALIAS, alias_dir, is_built, known_aliases, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "list":
-        for alias in sorted(BUILDERS):
-            print(f"{alias}\t{cache_dir() / 'models'}")
+        for alias in known_aliases():
+            state = "built" if is_built(alias) else "built on first use"
+            print(f"{alias}\t{alias_dir(alias)}\t{state}")
         return 0
     try:
         for alias in args.aliases:

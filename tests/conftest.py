@@ -28,8 +28,9 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     from datagen.inference.models import resolve_model
+    from posttrain import TINY_MOE_ALIAS  # importing posttrain registers the alias
 
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-hunyuan-moe"))
+    return AutoTokenizer.from_pretrained(resolve_model(TINY_MOE_ALIAS))
 
 
 def vllm_processes_of(pid: int | None = None) -> list[psutil.Process]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -10,9 +13,10 @@ import pytest
 from datagen.cache import CachedLLM
 from datagen.inference import registry
 from datagen.inference.base import Completion, InferenceError, Request, SamplingParams
-from datagen.inference.models import TINY_MOE_ALIAS, resolve_model
+from datagen.inference.models import prepare, register_alias, resolve_model
 from datagen.inference.openai_client import OpenAIEndpointLLM
 from fakes import FakeLLM
+from posttrain import TINY_MOE_ALIAS  # importing posttrain registers the alias
 
 
 class FlakyOpenAI(BaseHTTPRequestHandler):
@@ -112,10 +116,43 @@ def test_api_key_comes_from_the_environment_and_missing_key_is_clear(monkeypatch
 
 
 def test_unknown_alias_and_bad_directory_are_clear(tmp_path):
-    with pytest.raises(InferenceError, match="unknown model 'smollm9'"):
+    with pytest.raises(InferenceError, match="unknown model 'smollm9'.*known aliases: smollm2-135m.*"
+                                             "python -m pipelines.models prepare ALIAS"):
         resolve_model("smollm9")
     with pytest.raises(InferenceError, match="has no config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_an_alias_is_built_once_and_then_resolves_without_its_registration(tmp_path, monkeypatch):
+    """A Beam worker or a vLLM process that never imported the registering layer finds the cached build."""
+    monkeypatch.setenv("SYNTHPOST_CACHE", str(tmp_path))
+    built = []
+
+    def build(dest):
+        built.append(dest)
+        (dest / "config.json").write_text("{}")
+
+    register_alias("test-only-model", build)
+    path = prepare("test-only-model")
+    assert resolve_model("test-only-model") == str(path) and len(built) == 1  # built once
+    assert path == tmp_path / "models" / "test-only-model" and (path / "config.json").is_file()
+    other_process = subprocess.run(
+        [sys.executable, "-c", "from datagen.inference.models import resolve_model as r; print(r('test-only-model'))"],
+        capture_output=True, text=True, env={**os.environ, "SYNTHPOST_CACHE": str(tmp_path)}, check=True)
+    assert other_process.stdout.strip() == str(path)
+    with pytest.raises(InferenceError, match="unknown model 'other-model'.*test-only-model"):
+        resolve_model("other-model")
+
+
+def test_models_command_lists_the_aliases_other_layers_register(tmp_path, monkeypatch, capsys):
+    from pipelines import models as command
+
+    monkeypatch.setenv("SYNTHPOST_CACHE", str(tmp_path))
+    assert command.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{TINY_MOE_ALIAS}\t{tmp_path}/models/{TINY_MOE_ALIAS}\tbuilt on first use" in lines
+    assert command.main(["prepare", "no-such-alias"]) == 2
+    assert "not a registered model alias" in capsys.readouterr().err
 
 
 def test_a_backend_is_valid_in_configs_once_registered():

