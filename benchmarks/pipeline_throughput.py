@@ -17,23 +17,19 @@ import asyncio
 import json
 import statistics
 import time
-from pathlib import Path
 
 import apache_beam as beam
 import openai
 
 from benchmarks.common import reset_prefix_cache
-from datagen import progress
+from datagen import SHIPPED_SEEDS, progress
 from datagen.generate import GenerateConfig, GenerateFn, GenerateStage
 from datagen.inference import registry
 from datagen.record import Record
 
-SEEDS = Path(__file__).resolve().parents[1] / "datagen" / "data" / "seeds.jsonl"
-
-
 def seed_records(count: int) -> list[Record]:
     """The shipped corpus, repeated with a suffix until there are `count` distinct seeds."""
-    rows = [json.loads(line) for line in SEEDS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in SHIPPED_SEEDS.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [Record(seed_id=f"bench-{i}", domain=rows[i % len(rows)]["domain"],
                    source=rows[i % len(rows)]["source"],
                    seed_text=f"{rows[i % len(rows)]['text']} (variant {i})") for i in range(count)]

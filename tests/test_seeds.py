@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen import seeds
+from datagen import SHIPPED_SEEDS, seed_readers
 from datagen.record import KEPT, REJECTED
-from datagen.seeds import (DEFAULT_SEEDS_PATH, SeedFile, SeedsConfig, SeedsStage, content_hash,
-                           iter_lines, list_seed_files, read_jsonl, read_seed_file, seed_from_fields)
+from datagen.seed_readers import SeedFile, content_hash, iter_lines, read_jsonl, read_seed_file, seed_from_fields
+from datagen.seeds import SeedsConfig, SeedsStage, list_seed_files
 from stage_harness import run_transform
 
 REASONS = {"not_utf8", "invalid_json", "missing_text", "invalid_field", "empty_text", "too_short",
@@ -90,7 +90,7 @@ def test_jsonl_bad_records_become_rejects_with_exact_reasons(tmp_path):
 
 def test_huge_line_is_oversized_without_parsing(tmp_path):
     cfg = SeedsConfig(max_chars=100)
-    limit = seeds.line_byte_limit(cfg)
+    limit = seed_readers.line_byte_limit(cfg)
     path = write_lines(tmp_path / "big.jsonl", [b'{"text": "' + b"y" * limit + b'"}',
                                                 json.dumps({"text": GOOD}).encode()])
     kept, rejected, counters = run_seeds(SeedsConfig(path=path, max_chars=100))
@@ -188,13 +188,15 @@ def test_listing_errors_are_clear(tmp_path):
         SeedsStage(SeedsConfig(path=str(tmp_path), max_seeds=0))
 
 
-def test_default_path_is_the_shipped_corpus():
-    assert DEFAULT_SEEDS_PATH.endswith("datagen/data/seeds.jsonl")
-    try:
-        files = SeedsStage(SeedsConfig()).files
-    except ValueError:
-        pytest.skip("datagen/data/seeds.jsonl is not written yet")
-    assert files == [SeedFile(DEFAULT_SEEDS_PATH, "jsonl")]
+def test_default_path_is_the_shipped_corpus_and_every_seed_in_it_is_kept():
+    """The corpus ships with the code: a missing or broken file fails here, it is never skipped."""
+    assert str(SHIPPED_SEEDS).endswith("datagen/data/seeds.jsonl")
+    files = SeedsStage(SeedsConfig()).files
+    assert files == [SeedFile(str(SHIPPED_SEEDS), "jsonl")]
+    records = [record for _, record in read_seed_file(files[0], SeedsConfig())]
+    assert [(r.source, r.reject_reason) for r in records if r.status != KEPT] == []
+    assert len(records) == 30 and {r.domain for r in records} == {"math", "code", "science", "humanities",
+                                                                   "general"}
 
 
 def test_hf_folder_reads_only_the_shards_state_json_lists(tmp_path):
@@ -251,7 +253,7 @@ def test_random_json_lines_end_kept_or_rejected(values):
 @given(st.lists(st.binary(max_size=12).filter(lambda b: b"\n" not in b), max_size=12), st.integers(1, 7))
 def test_iter_lines_splits_exactly_across_chunk_boundaries(lines, chunk):
     data = b"\n".join(lines)
-    with mock.patch.object(seeds, "_CHUNK_BYTES", chunk):
+    with mock.patch.object(seed_readers, "_CHUNK_BYTES", chunk):
         got = list(iter_lines(io.BytesIO(data), max_bytes=8))
     expected = data.split(b"\n")
     if expected[-1] == b"":  # a final newline ends the last line; it does not start another
