@@ -7,11 +7,14 @@ one becomes `record.response` and its critique `record.critique`. The record is 
 `low_critique_score` when that best mean is below `min_mean` or one of its aspects is below
 `min_each`, and with `critique_unparseable` when no critique could be read at all.
 
-The parser takes what models really write: JSON (fenced or not), "Accuracy: 3/4", "accuracy - 3",
-markdown tables, bold names, Chinese aspect names (准确性 相关性 完整性 有用性 清晰度), full-width
-digits. A value out of 1..4 without a stated scale is dropped (a "5" may mean a 1-5 scale, or
-nothing); "x/N" on another scale maps linearly from 1..N onto 1..4. A critique naming fewer
-than `min_aspects` aspects counts as unparsed: its response gets no score.
+The parser (datagen/critique_parse.py) takes what models really write: JSON, "Accuracy: 3/4",
+markdown tables, Chinese aspect names. A critique naming fewer than `min_aspects` aspects counts
+as unparsed: its response gets no score.
+
+The same prompts and parser serve without Beam (the DPO reward judge): `critique_requests(pairs,
+cfg)` builds the requests for (question, answer) pairs, any LLM backend runs them, and
+`read_critique(completion_text, cfg)` gives a ParsedCritique (`scores` per aspect, `mean`, or
+`problem` when unusable).
 
 The default style and thresholds are for the embedded demo judge, SmolLM2-135M, which is a weak
 critic. Asked in chat, it answered the question instead of grading it (0 of 8 parsed), hence the
@@ -25,18 +28,16 @@ judge. With a real critique model use `style: chat`, `min_mean: 3.0`, `min_each:
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import re
-import unicodedata
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterable
 
 import apache_beam as beam
 
+from datagen.config import option
+from datagen.critique_parse import ParsedCritique, parse_critique
 from datagen.inference.base import Completion, Request, SamplingParams
 from datagen.inference.registry import ModelConfig
-from datagen.record import CRITIQUE_ASPECTS, Critique, Record
+from datagen.record import Critique, Record
 from datagen.stage import LLMStageFn, StageResult, run_stage
 
 STAGE = "critique"
@@ -45,15 +46,16 @@ STYLES = ("fewshot", "chat")
 
 @dataclass
 class CritiqueConfig:
-    model: str = "default"  # a key of `models`
-    style: str = "fewshot"  # fewshot: completion prompt with graded examples (small judges); chat: instructions
-    min_mean: float = 2.5  # keep items whose chosen answer averages at least this (1..4)
-    min_each: int = 1  # and no aspect below this (1 = no per-aspect floor, for the weak demo judge)
-    min_aspects: int = 3  # a critique scoring fewer aspects than this counts as unparsed
-    max_answer_chars: int = 4000  # longer answers are cut in the prompt (the judge's context is short)
-    max_tokens: int = 128
-    temperature: float = 0.0
-    seed: int = 4567
+    model: str = option("default", "the judge: a key of `models`")
+    style: str = option("fewshot", "fewshot: completion prompt with graded examples (small judges); "
+                                   "chat: instructions (judges that follow them)")
+    min_mean: float = option(2.5, "keep items whose chosen answer averages at least this (1..4)")
+    min_each: int = option(1, "and no aspect below this (1 = no per-aspect floor, for the weak demo judge)")
+    min_aspects: int = option(3, "a critique scoring fewer aspects than this counts as unparsed")
+    max_answer_chars: int = option(4000, "longer answers are cut in the prompt (the judge's context is short)")
+    max_tokens: int = option(128, "room for five scores and a one-sentence rationale")
+    temperature: float = option(0.0, "sampling temperature; 0: greedy, the same grade on every run")
+    seed: int = option(4567, "sampling seed (reproducible runs, cache hits)")
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -120,139 +122,27 @@ Clarity: N
 Rationale: one sentence explaining the scores"""
 TEMPLATE_VERSION = "1"
 
-ASPECT_NAMES = {
-    "accuracy": ("accuracy", "accurate", "correctness", "准确性", "准确度", "正确性"),
-    "relevance": ("relevance", "relevancy", "relevant", "相关性", "相关度"),
-    "completeness": ("completeness", "complete", "完整性", "完整度"),
-    "usefulness": ("usefulness", "useful", "helpfulness", "有用性", "实用性"),
-    "clarity": ("clarity", "clearness", "clear", "清晰度", "清晰性"),
-}
-_WORD_TIERS = {"poor": 1, "fair": 2, "good": 3, "excellent": 4}
-_ALIAS_TO_ASPECT = {alias: aspect for aspect, aliases in ASPECT_NAMES.items() for alias in aliases}
-# Longest aliases first, so "relevance" wins over "relevant" in the alternation.
-_ALIASES = "|".join(sorted((re.escape(a) for a in _ALIAS_TO_ASPECT), key=len, reverse=True))
-# name, optional "(1-4)" or "score", separators (: = - | * …), a number, an optional "/N" or
-# "out of N". A range such as "1-4" (the format echoed back) is not a score.
-_SEPARATORS = r"""[\s:=\-–—|*>#"']*"""
-_SCORE_LINE = re.compile(
-    rf"({_ALIASES})(?![a-z])[^\S\n]*(?:\([^)\n]*\))?(?:[^\S\n]*(?:score|rating|得分|评分|分数))?{_SEPARATORS}"
-    r"(\d+(?:\.\d+)?)(?![\d.]*\s*[-–~]\s*\d)(?:\s*(?:/|out of)\s*(\d+))?",
-    re.IGNORECASE)
-_RATIONALE = re.compile(r"(?:rationale|reason(?:ing)?|explanation|justification|理由|说明)[\s*]*[:：\-]\s*(.+)",
-                        re.IGNORECASE | re.DOTALL)
+
+# -- plain functions: the stage below and the DPO reward judge both use these -------------------
+def critique_params(cfg: CritiqueConfig) -> SamplingParams:
+    """One greedy-by-default sample; a few-shot critique stops where the next example would start."""
+    stop = FEWSHOT_STOP if cfg.style == "fewshot" else ()
+    return SamplingParams(n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed, stop=stop)
 
 
-class ParsedCritique(NamedTuple):
-    scores: dict[str, int]  # aspect → 1..4, only the aspects found
-    rationale: str
-    problem: str  # "" when usable, else why not (e.g. "no scores found")
+def template_id(cfg: CritiqueConfig) -> str:
+    return FEWSHOT_TEMPLATE_ID if cfg.style == "fewshot" else CHAT_TEMPLATE_ID
 
 
-def parse_critique(text: str, min_aspects: int = 3) -> ParsedCritique:
-    """Scores and rationale from a critique, JSON first, then line patterns. Never raises."""
-    if not isinstance(text, str) or not text.strip():
-        return ParsedCritique({}, "", "empty critique")
-    text = unicodedata.normalize("NFKC", text)
-    scores, rationale = _from_json(text)
-    if len(scores) < min_aspects:
-        line_scores = _from_lines(text)
-        if len(line_scores) > len(scores):
-            scores = line_scores
-        rationale = rationale or _rationale(text)
-    if not scores:
-        return ParsedCritique({}, rationale, "no scores found")
-    if len(scores) < min_aspects:
-        return ParsedCritique(scores, rationale, f"only {len(scores)} aspects scored: {', '.join(scores)}")
-    ordered = {a: scores[a] for a in CRITIQUE_ASPECTS if a in scores}
-    return ParsedCritique(ordered, rationale, "")
+def critique_requests(pairs: Iterable[tuple[str, str]], cfg: CritiqueConfig) -> list[Request]:
+    """One request per (question, answer) pair, for any LLM backend."""
+    params = critique_params(cfg)
+    return [critique_request(question, answer, cfg, params) for question, answer in pairs]
 
 
-def to_tier(value: object, scale: object = None) -> int | None:
-    """1..4 from a raw value (3, "3", "3/4", "good", {"score": 3}); None when it is not a tier.
-    A value on another scale ("7/10") maps linearly from 1..N onto 1..4."""
-    if isinstance(value, dict):
-        value = next((value[k] for k in ("score", "rating", "value") if k in value), None)
-    if isinstance(value, str):
-        if value.strip().lower() in _WORD_TIERS:
-            return _WORD_TIERS[value.strip().lower()]
-        match = re.match(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?", value)
-        if not match:
-            return None
-        value, scale = match.group(1), match.group(2) or scale
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number, top = float(value), float(scale) if scale not in (None, "") else 4.0
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not (number == number and 1.0 < top < 1000):  # NaN, or no usable scale
-        return None
-    if top != 4.0:
-        if not 0 <= number <= top:
-            return None
-        number = min(4.0, max(1.0, 1 + 3 * (number - 1) / (top - 1)))
-    return math.floor(number + 0.5) if 1 <= number <= 4 else None
-
-
-def _from_json(text: str) -> tuple[dict[str, int], str]:
-    for candidate in _json_objects(text):
-        try:
-            data = json.loads(candidate)
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        if isinstance(data.get("scores"), dict):
-            data = {**data["scores"], **{k: v for k, v in data.items() if k != "scores"}}
-        scores: dict[str, int] = {}
-        for key, value in data.items():
-            aspect = _ALIAS_TO_ASPECT.get(str(key).strip().lower())
-            tier = to_tier(value) if aspect else None
-            if aspect and tier is not None and aspect not in scores:
-                scores[aspect] = tier
-        if scores:
-            rationale = next((str(v) for k, v in data.items()
-                              if str(k).lower() in ("rationale", "reason", "explanation", "理由")), "")
-            return scores, rationale.strip()[:1000]
-    return {}, ""
-
-
-def _json_objects(text: str) -> list[str]:
-    """Balanced {...} spans, outermost first (the model may wrap JSON in prose or fences)."""
-    spans, depth, start = [], 0, -1
-    for i, ch in enumerate(text[:20000]):
-        if ch == "{":
-            if depth == 0:
-                start = i
-            depth += 1
-        elif ch == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                spans.append(text[start:i + 1])
-    return spans
-
-
-def _from_lines(text: str) -> dict[str, int]:
-    scores: dict[str, int] = {}
-    for match in _SCORE_LINE.finditer(text[:20000]):
-        aspect = _ALIAS_TO_ASPECT[match.group(1).lower()]
-        tier = to_tier(match.group(2), match.group(3))
-        if tier is not None and aspect not in scores:  # first valid mention wins
-            scores[aspect] = tier
-    return scores
-
-
-def _rationale(text: str) -> str:
-    match = _RATIONALE.search(text)
-    if match:
-        return match.group(1).strip()[:1000]
-    prose = [line for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("|") and not _SCORE_LINE.search(line)]
-    return " ".join(line.strip() for line in prose)[:1000]
-
-
-def mean_score(scores: dict[str, int]) -> float:
-    return round(sum(scores.values()) / len(scores), 3) if scores else 0.0
+def read_critique(completion_text: str, cfg: CritiqueConfig) -> ParsedCritique:
+    """The judge's completion → scores per aspect, rationale and `mean` (None when unusable)."""
+    return parse_critique(critique_text(completion_text, cfg.style), cfg.min_aspects)
 
 
 def critique_request(instruction: str, answer: str, cfg: CritiqueConfig, params: SamplingParams) -> Request:
@@ -281,34 +171,24 @@ class CritiqueFn(LLMStageFn):
         super().__init__(model)
         self.cfg = cfg
 
-    def params(self) -> SamplingParams:
-        stop = FEWSHOT_STOP if self.cfg.style == "fewshot" else ()
-        return SamplingParams(n=1, max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature,
-                              seed=self.cfg.seed, stop=stop)
-
-    def template_id(self) -> str:
-        return FEWSHOT_TEMPLATE_ID if self.cfg.style == "fewshot" else CHAT_TEMPLATE_ID
-
     def requests(self, record: Record) -> list[Request] | Record:
         if not record.responses:
             return record.rejected(STAGE, "no_responses", "nothing to critique")
-        return [critique_request(record.instruction, r.text, self.cfg, self.params()) for r in record.responses]
+        return critique_requests([(record.instruction, r.text) for r in record.responses], self.cfg)
 
     def complete(self, record: Record, completions: list[Completion]) -> Record:
-        record = record.with_lineage(STAGE, self.llm.identity, self.template_id(), TEMPLATE_VERSION,
-                                     self.params().to_dict())
-        texts = [critique_text(c.text, self.cfg.style) for c in completions]
-        parsed = [parse_critique(text, self.cfg.min_aspects) for text in texts]
-        responses = [dataclasses.replace(r, score=None if p.problem else mean_score(p.scores))
-                     for r, p in zip(record.responses, parsed)]
+        record = record.with_lineage(STAGE, self.llm.identity, template_id(self.cfg), TEMPLATE_VERSION,
+                                     critique_params(self.cfg).to_dict())
+        parsed = [read_critique(c.text, self.cfg) for c in completions]
+        responses = [dataclasses.replace(r, score=p.mean) for r, p in zip(record.responses, parsed)]
         record = dataclasses.replace(record, responses=responses)
         scored = [i for i, p in enumerate(parsed) if not p.problem]
         if not scored:
-            return record.rejected(STAGE, "critique_unparseable",
-                                   f"{parsed[0].problem}: {texts[0][:300]!r}")
+            shown = critique_text(completions[0].text, self.cfg.style)
+            return record.rejected(STAGE, "critique_unparseable", f"{parsed[0].problem}: {shown[:300]!r}")
         best = max(scored, key=lambda i: (responses[i].score, -i))  # ties: the earlier response
         critique = Critique(scores=parsed[best].scores, rationale=parsed[best].rationale,
-                            model=self.llm.identity, mean=mean_score(parsed[best].scores))
+                            model=self.llm.identity, mean=parsed[best].mean)
         record = dataclasses.replace(record, critique=critique, response=responses[best].text)
         low = [a for a, tier in critique.scores.items() if tier < self.cfg.min_each]
         if critique.mean < self.cfg.min_mean or low:

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datagen.critique import (CHAT_TEMPLATE_ID, FEWSHOT_TEMPLATE_ID, TEMPLATE_VERSION, CritiqueConfig,
-                              CritiqueStage, ParsedCritique, critique_request, mean_score, parse_critique,
-                              to_tier)
+                              CritiqueStage, critique_request, critique_requests, read_critique)
+from datagen.critique_parse import ParsedCritique, mean_score, parse_critique, to_tier
 from datagen.inference.base import Completion, Request, SamplingParams
 from datagen.record import CRITIQUE_ASPECTS, Critique, LineageStep, Record, Response
 from fakes import FakeLLM, install_fake
@@ -109,6 +109,21 @@ def test_fewshot_prompt_is_a_completion_and_chat_prompt_is_a_chat():
     assert chat.prompt is None and chat.messages[0][0] == "system" and "Question:\nQ?\n\nAnswer:\nA." in chat.messages[1][1]
     with pytest.raises(ValueError, match="critique.style must be one of fewshot, chat"):
         CritiqueConfig(style="vibes")
+
+
+def test_plain_functions_judge_pairs_without_beam():
+    """What a reward judge calls: requests for (question, answer) pairs, then scores and a mean."""
+    cfg = CritiqueConfig(max_tokens=99, seed=7)
+    requests = critique_requests([("What is 2 + 3?", "5"), ("Why?", "Because.")], cfg)
+    assert [r.prompt.split("### Question\n")[-1].split("\n")[0] for r in requests] == ["What is 2 + 3?", "Why?"]
+    assert requests[0].params == SamplingParams(n=1, max_tokens=99, temperature=0.0, seed=7, stop=("###", "\n\n"))
+    judged = read_critique(grades(4, 4, 3, 4, 3, "Right."), cfg)  # a few-shot judge continues "Accuracy:"
+    assert (judged.scores, judged.rationale, judged.mean) == (dict(zip(CRITIQUE_ASPECTS, (4, 4, 3, 4, 3))),
+                                                              "Right.", 3.6)
+    unusable = read_critique(" no idea", cfg)
+    assert unusable.problem == "no scores found" and unusable.mean is None
+    chat = critique_requests([("Q?", "A.")], CritiqueConfig(style="chat"))[0]
+    assert chat.params.stop == () and chat.messages[0][0] == "system"
 
 
 # -- the stage ----------------------------------------------------------------------------------
