@@ -4,7 +4,7 @@
 
 Builds a chat dataset with a skewed length distribution (most answers short, a few long, as in
 real SFT data), then trains the tiny hunyuan_v1_moe for one epoch over it twice with the same
-trainer (posttrain/sft.py): once packed, once padded to the longest sample of each batch. Both
+trainer (posttrain/sft_trainer.py): once packed, once padded to the longest sample of each batch. Both
 runs see exactly the same real tokens, so real tokens per second is comparable; the script prints
 both rates, the share of computed positions that were padding, and the ratio packed / padded.
 """
@@ -42,9 +42,10 @@ def build_dataset(path: Path, samples: int, seed: int) -> str:
 
 
 def run(mode_packed: bool, dataset: str, out: Path, tokenizer, batch_size: int, max_length: int) -> dict:
-    from posttrain.data import DataConfig
     from posttrain.moe import MoEConfig
-    from posttrain.sft import SFTRunConfig, build_trainer
+    from posttrain.sft_config import SFTRunConfig
+    from posttrain.sft_data import DataConfig
+    from posttrain.sft_trainer import build_trainer
     from posttrain.tiny_moe import build_tiny_moe_model
 
     cfg = SFTRunConfig(output_dir=str(out), dataset=dataset, num_train_epochs=1, max_steps=-1,

@@ -1,2 +1,6 @@
-"""Rewards for post-training: preference pairs, reward-model training, one scoring interface for a
-reward model / critique judge / math verifier, and EMA smoothing of weights and reward scores."""
+"""Rewards: the scoring layer. One interface (`score(prompts, responses, references) -> floats`) for
+a reward model (reward_model.py), an LLM critique judge (judge.py) and verifiers (verifiers.py);
+reward normalisation (normalize.py); `build_scorer` picks one from config (scoring.py).
+
+Nothing here runs an optimizer: training reward models, refreshing them between online rounds and
+EMA of weights are post-training (posttrain/). This package imports only datagen."""

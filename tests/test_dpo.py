@@ -1,4 +1,4 @@
-"""posttrain/online.py and posttrain/dpo.py: best/worst-of-N selection, skips, offline/online mixing,
+"""posttrain/online/ and posttrain/dpo*.py: best/worst-of-N selection, skips, offline/online mixing,
 the router aux loss in the DPO loss, and real tiny-MoE runs (parameters change, policy EMA and
 TR-DPO reference follow their formulas, the EMA is exported, a killed run resumes)."""
 from __future__ import annotations
@@ -11,13 +11,18 @@ import torch
 from transformers import TrainerCallback
 
 from datagen.inference.base import Completion
-from datagen.inference.fake import FakeLLM
+from fakes import FakeLLM
 from datagen.config import ConfigError
-from posttrain import dpo
+from posttrain import dpo_state, dpo_trainer
+from posttrain.dpo_config import DPORunConfig
+from posttrain.ema import EMAConfig
 from posttrain.moe import MoEConfig, prepare_moe_model
-from posttrain.online import (Cursor, OnlineConfig, OnlineRounds, mix_pairs, sample_with_llm,
-                              select_pairs)
-from rewards.ema import EMAConfig, RewardNormalizer
+from posttrain.online.config import OnlineConfig
+from posttrain.online.mixing import Cursor, mix_pairs
+from posttrain.online.rounds import OnlineRounds
+from posttrain.online.sampling import sample_with_llm
+from posttrain.online.selection import select_pairs
+from rewards.normalize import RewardNormalizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -168,8 +173,8 @@ def test_router_aux_loss_is_in_the_dpo_loss(tokenizer, tmp_path):
     policy = tiny_policy(tokenizer, coef=0.5)
     cfg = run_config(tmp_path, moe=MoEConfig(router_aux_loss_coef=0.5))
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in offline_pairs(2)]
-    trainer = dpo.make_trainer_class()(model=policy, ref_model=dpo.make_reference(policy),
-                                       args=dpo.build_dpo_args(cfg, moe_model=True),
+    trainer = dpo_trainer.MoEDPOTrainer(model=policy, ref_model=dpo_state.make_reference(policy),
+                                       args=dpo_trainer.build_dpo_args(cfg, moe_model=True),
                                        train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                        moe_config=cfg.moe)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
@@ -217,7 +222,7 @@ def run_config(tmp_path, **overrides):
                                       margin=0.0, kl_samples=2),
                   ema=EMAConfig(decay=0.5))
     values.update(overrides)
-    return dpo.DPORunConfig(**values)
+    return DPORunConfig(**values)
 
 
 class KilledRun:
@@ -234,10 +239,10 @@ class KilledRun:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(OnlineRounds, "build", self.build_then_die(OnlineRounds.build))
             with pytest.raises(KeyboardInterrupt):
-                dpo.train(self.cfg, policy=killed_policy, tokenizer=tokenizer, scorer=LengthScorer(),
+                dpo_trainer.train(self.cfg, policy=killed_policy, tokenizer=tokenizer, scorer=LengthScorer(),
                           callbacks=[self.first])
             self.at_kill = Recorder.weights(killed_policy)
-            self.summary = dpo.train(self.cfg, policy=tiny_policy(tokenizer), tokenizer=tokenizer,
+            self.summary = dpo_trainer.train(self.cfg, policy=tiny_policy(tokenizer), tokenizer=tokenizer,
                                      scorer=LengthScorer(), callbacks=[self.second])
         self.theta1, self.theta2 = self.first.after_step[0], self.second.after_step[0]
 
@@ -281,7 +286,7 @@ def test_exported_model_is_the_policy_ema(killed_run):
 
 
 def test_reference_model_follows_tr_dpo_sync(killed_run):
-    state = torch.load(killed_run.out / "checkpoint-2" / dpo.ROUND_STATE_FILE, weights_only=True)
+    state = torch.load(killed_run.out / "checkpoint-2" / dpo_state.ROUND_STATE_FILE, weights_only=True)
     name = "model.layers.0.self_attn.q_proj.weight"
     # ref ← α·policy + (1 − α)·ref after every step, α = 0.5, ref₀ = θ0
     expected = 0.5 * killed_run.theta2[name] + 0.25 * killed_run.theta1[name] + 0.25 * killed_run.initial[name]
@@ -297,12 +302,12 @@ def test_a_killed_run_resumes_from_its_last_round(killed_run, tokenizer):
         torch.testing.assert_close(tensor, killed_run.at_kill[name], msg=name)
     optimizer = torch.load(killed_run.out / "checkpoint-2" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in optimizer["state"].values()} == {2}  # Adam state carried over
-    state = torch.load(killed_run.out / "checkpoint-2" / dpo.ROUND_STATE_FILE, weights_only=True)
+    state = torch.load(killed_run.out / "checkpoint-2" / dpo_state.ROUND_STATE_FILE, weights_only=True)
     assert state["online"]["normalizer"]["steps"] == 2  # reward statistics carried over
-    changed = dpo.DPORunConfig(**{**killed_run.cfg.__dict__, "max_steps": 3,
+    changed = DPORunConfig(**{**killed_run.cfg.__dict__, "max_steps": 3,
                                   "online": OnlineConfig(steps_per_round=2)})
     with pytest.raises(ConfigError, match="do not reproduce"):
-        dpo.train(changed, policy=tiny_policy(tokenizer), tokenizer=tokenizer, scorer=LengthScorer())
+        dpo_trainer.train(changed, policy=tiny_policy(tokenizer), tokenizer=tokenizer, scorer=LengthScorer())
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -319,5 +324,5 @@ def test_inconsistent_configs_are_clear_errors(tmp_path, overrides, message):
 def test_shipped_recipes_parse(path):
     from datagen.config import load_config
 
-    cfg = load_config(dpo.DPORunConfig, path, ["--max_steps", "3", "--output_dir", "/tmp/x"])
+    cfg = load_config(DPORunConfig, path, ["--max_steps", "3", "--output_dir", "/tmp/x"])
     assert (cfg.max_steps, cfg.output_dir, cfg.loss_type) == (3, "/tmp/x", ["sigmoid", "sft"])

@@ -9,7 +9,8 @@ import types
 import pytest
 import torch
 
-from rewards.ema import EMA_STATE_FILE, EMACallback, EMAConfig, RewardNormalizer, WeightEMA
+from posttrain.ema import EMA_STATE_FILE, EMACallback, EMAConfig, WeightEMA
+from rewards.normalize import RewardNormalizer
 
 
 def tiny_net():

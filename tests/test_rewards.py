@@ -1,5 +1,5 @@
 """rewards/: preference pairs (checks, reasons, demo set), the scoring interface (reward model,
-critique judge, math verifier), the reward-model refresh EMA, and `python -m rewards.train_rm`."""
+critique judge, math verifier), the reward-model refresh EMA, and `posttrain/rm.py`."""
 from __future__ import annotations
 
 import json
@@ -9,14 +9,17 @@ import pytest
 import torch
 
 from datagen.inference.base import Completion
-from datagen.inference.fake import FakeLLM
+from fakes import FakeLLM, install_fake
 from datagen.inference.registry import ModelConfig
 from posttrain.data import DataError, load_view
-from posttrain.moe import ModelLoadError
-from rewards.pairs import build_seed_preference_set, check_pair, load_preference_pairs
-from rewards.refresh import RefreshConfig, RewardRefresher
-from rewards.scoring import (ClassifierScorer, CritiqueJudgeScorer, JudgeConfig, MathAnswerScorer, RewardConfig,
-                             build_scorer)
+from rewards.reward_model import RewardModelError
+from datagen.critique import CritiqueConfig
+from posttrain.pairs import build_seed_preference_set, check_pair, load_preference_pairs
+from posttrain.rm_refresh import RefreshConfig, RewardRefresher
+from rewards.judge import CritiqueJudgeScorer, JudgeConfig
+from rewards.reward_model import ClassifierScorer
+from rewards.scoring import RewardConfig, build_scorer
+from rewards.verifiers import MathAnswerScorer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,7 +124,7 @@ def test_a_reward_model_returning_nan_gives_nan_scores(classifier):
 
 
 def test_unknown_reward_model_is_a_clear_error():
-    with pytest.raises(ModelLoadError, match="unknown model"):
+    with pytest.raises(RewardModelError, match="unknown model"):
         build_scorer(RewardConfig(kind="classifier", model="no-such-model"))
 
 
@@ -138,7 +141,7 @@ def test_critique_judge_reward_is_the_mean_of_its_aspect_scores():
         return Completion(error="HTTP 500")
 
     judge = FakeLLM(reply)
-    scorer = CritiqueJudgeScorer(judge, JudgeConfig(style="chat", max_tokens=99, seed=7))
+    scorer = CritiqueJudgeScorer(judge, JudgeConfig(critique=CritiqueConfig(style="chat", max_tokens=99, seed=7)))
     scores = scorer.score([USER] * 3, ["five", "six", "seven"])
     assert scores[0] == pytest.approx(3.6)
     assert math.isnan(scores[1]) and math.isnan(scores[2])
@@ -151,7 +154,7 @@ def test_critique_judge_reward_is_the_mean_of_its_aspect_scores():
 def test_critique_judge_from_config_uses_the_inference_registry_and_the_fewshot_style():
     continuation = GOOD.removeprefix("Accuracy:")  # a few-shot judge continues after the prefilled "Accuracy:"
     scorer = build_scorer(RewardConfig(kind="critique", judge=JudgeConfig(
-        model=ModelConfig(backend="fake", fake_responses=[continuation]))))
+        model=install_fake(FakeLLM([continuation]), model="judge"))))
     assert scorer.score([USER], ["five"]) == [pytest.approx(3.6)]
     request = scorer.llm.calls[0]
     assert request.prompt is not None and "What is 2 + 3?" in request.prompt
@@ -194,12 +197,12 @@ def test_refreshed_reward_model_scores_with_the_ema_of_its_weights(classifier):
 
 
 def test_train_rm_exports_the_ema_reward_model(tmp_path):
-    from rewards import train_rm
+    from posttrain import rm
 
     rows = [pair(prompt=f"What is {i} + {i}?", chosen=str(2 * i), rejected="I don't know.") for i in range(6)]
     rows.append(pair(chosen=""))  # skipped and counted
     out = tmp_path / "rm"
-    code = train_rm.main(["--config", "configs/rewards/rm_tiny.yaml", "--output_dir", str(out),
+    code = rm.main(["--config", "configs/posttrain/rm_tiny.yaml", "--output_dir", str(out),
                           "--dataset", write_jsonl(tmp_path / "pairs.jsonl", rows), "--max_steps", "2",
                           "--eval_fraction", "0", "--save_steps", "2", "--report_to", "none",
                           "--ema.decay", "0.5"])
@@ -216,16 +219,16 @@ def test_train_rm_exports_the_ema_reward_model(tmp_path):
 
 
 def test_train_rm_bad_config_key_is_reported(capsys):
-    from rewards import train_rm
+    from posttrain import rm
 
-    assert train_rm.main(["--config", "configs/rewards/rm_tiny.yaml", "--no_such_key", "1"]) == 2
+    assert rm.main(["--config", "configs/posttrain/rm_tiny.yaml", "--no_such_key", "1"]) == 2
     assert "unknown key no_such_key" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", ["configs/rewards/rm_tiny.yaml", "configs/rewards/rm_hunyuan.yaml"])
+@pytest.mark.parametrize("path", ["configs/posttrain/rm_tiny.yaml", "configs/posttrain/rm_hunyuan.yaml"])
 def test_shipped_reward_recipes_parse(path):
     from datagen.config import load_config
-    from rewards.train_rm import TrainRMConfig
+    from posttrain.rm_config import RMRunConfig
 
-    cfg = load_config(TrainRMConfig, path, ["--max_steps", "3"])
+    cfg = load_config(RMRunConfig, path, ["--max_steps", "3"])
     assert cfg.max_steps == 3 and cfg.ema.export

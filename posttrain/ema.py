@@ -1,18 +1,15 @@
-"""Exponential moving averages for post-training: of model weights and of reward scores.
+"""Exponential moving average of model weights during training.
 
 The Hunyuan-Large report uses "an exponential moving average strategy to mitigate reward
-hacking and reduce alignment tax" without saying what is averaged. We offer both readings:
+hacking and reduce alignment tax" without saying what is averaged. The readings we offer:
 
 - **Weights** (`WeightEMA`, `EMACallback`): a float32 shadow θ̄ of a model's parameters. It
   starts as a copy (θ̄₀ = θ₀) and after every update becomes θ̄ ← d·θ̄ + (1 − d)·θ. The policy's
   shadow is exported as the final DPO model (a smoothed policy drifts less from what SFT taught:
   less alignment tax); the reward model's shadow is what scores samples when the RM is
   refreshed between online rounds (a slowly moving target is harder to hack).
-- **Scores** (`RewardNormalizer`): bias-corrected EMAs of the first and second moments of the
-  raw rewards, m₁ ← β·m₁ + (1 − β)·mean(x), m₂ ← β·m₂ + (1 − β)·mean(x²), with
-  mean = m₁/(1 − βᵗ) and var = m₂/(1 − βᵗ) − mean². Normalised rewards (x − mean)/√(var + ε)
-  keep the best/worst margin threshold in stable units while the policy (and the reward scale
-  it reaches) drifts. NaN scores never enter the statistics.
+- **Scores**: EMA-normalised rewards (rewards/normalize.py).
+- **Reference**: TR-DPO's moving reference (TRL's `sync_ref_model`), an EMA of the policy.
 
 Sharded training (FSDP, ZeRO-3): the shadow follows whatever `named_parameters` holds on each
 rank, so it shards the same way; export gathers through the trainer's own save path.
@@ -20,13 +17,14 @@ rank, so it shards the same way; export gathers through the trainer's own save p
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from transformers import TrainerCallback
+
+from datagen.config import option
+from posttrain.checkpoints import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,10 @@ EMA_STATE_FILE = "ema_state.pt"
 class EMAConfig:
     """EMA of a model's weights during training."""
 
-    enabled: bool = True  # keep a shadow copy of the weights
-    decay: float = 0.99  # d in θ̄ ← d·θ̄ + (1 − d)·θ; 0.99 ≈ an average over the last 100 updates
-    update_every: int = 1  # update the shadow every N optimizer steps
-    export: bool = True  # save the shadow (not the last weights) as the final model
+    enabled: bool = option(True, "keep a shadow copy of the weights")
+    decay: float = option(0.99, "d in θ̄ ← d·θ̄ + (1 − d)·θ; 0.99 ≈ an average over the last 100 updates")
+    update_every: int = option(1, "update the shadow every N optimizer steps")
+    export: bool = option(True, "save the shadow (not the last weights) as the final model")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
@@ -119,63 +117,3 @@ class EMACallback(TrainerCallback):
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(checkpoint):
             atomic_torch_save(self.ema.state_dict(), os.path.join(checkpoint, EMA_STATE_FILE))
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """Write to a temporary name, then rename: a killed run never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class RewardNormalizer:
-    """Running mean/variance of rewards as bias-corrected EMAs of their first two moments."""
-
-    def __init__(self, momentum: float = 0.9, eps: float = 1e-6) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = momentum
-        self.eps = eps
-        self.steps = 0  # batches seen (with at least one finite score)
-        self.count = 0  # finite scores seen
-        self.m1 = 0.0  # biased EMA of batch means
-        self.m2 = 0.0  # biased EMA of batch means of squares
-
-    def update(self, scores: Iterable[float]) -> None:
-        finite = [float(s) for s in scores if math.isfinite(s)]
-        if not finite:
-            return
-        beta = self.momentum
-        self.m1 = beta * self.m1 + (1 - beta) * (sum(finite) / len(finite))
-        self.m2 = beta * self.m2 + (1 - beta) * (sum(s * s for s in finite) / len(finite))
-        self.steps += 1
-        self.count += len(finite)
-
-    @property
-    def mean(self) -> float:
-        if self.steps == 0:
-            return 0.0
-        return self.m1 / (1 - self.momentum ** self.steps)
-
-    @property
-    def var(self) -> float:
-        if self.steps == 0:
-            return 1.0
-        return max(self.m2 / (1 - self.momentum ** self.steps) - self.mean ** 2, 0.0)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var + self.eps)
-
-    def normalize(self, scores: Iterable[float]) -> list[float]:
-        """(x − mean)/std; NaN stays NaN (callers count it as unscorable)."""
-        mean, std = self.mean, self.std
-        return [(s - mean) / std if math.isfinite(s) else math.nan for s in scores]
-
-    def state_dict(self) -> dict:
-        return {"momentum": self.momentum, "eps": self.eps, "steps": self.steps, "count": self.count,
-                "m1": self.m1, "m2": self.m2}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("momentum", "eps", "steps", "count", "m1", "m2"):
-            setattr(self, key, state[key])

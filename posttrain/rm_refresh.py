@@ -1,6 +1,6 @@
 """Refreshing the reward model between online rounds, smoothed by an EMA of its weights.
 
-When `reward.refresh.enabled`, each online round first trains a live copy of the classifier
+When `rm_refresh.enabled` (DPO with a classifier reward), each online round first trains a live copy of the classifier
 RM for a few Bradley–Terry steps (−log σ(r_chosen − r_rejected), the RewardTrainer loss) on
 the next slice of new preference pairs, then updates an EMA of the live weights and scores the
 round's samples with that EMA. The policy therefore chases a slowly moving reward, not the
@@ -12,22 +12,23 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rewards.ema import WeightEMA
+from datagen.config import option
+from posttrain.ema import WeightEMA
 
 if TYPE_CHECKING:
-    from rewards.scoring import ClassifierScorer
+    from rewards.reward_model import ClassifierScorer
 
 
 @dataclass
 class RefreshConfig:
     """Retrain the classifier reward model between online rounds (off by default)."""
 
-    enabled: bool = False  # refresh the RM before each online round
-    dataset: str = ""  # preference pairs to refresh on (DIR, file, hub id); "" = the run's offline pairs
-    steps_per_round: int = 2  # Bradley–Terry steps per round
-    batch_size: int = 4  # pairs per step
-    learning_rate: float = 1e-5
-    ema_decay: float = 0.9  # scoring uses θ̄ ← d·θ̄ + (1 − d)·θ of the refreshed weights
+    enabled: bool = option(False, "refresh the RM before each online round")
+    dataset: str = option("", "preference pairs to refresh on (DIR, file, hub id); \"\" = the run's offline pairs")
+    steps_per_round: int = option(2, "Bradley–Terry steps per round")
+    batch_size: int = option(4, "pairs per step")
+    learning_rate: float = option(1e-5, "AdamW learning rate of the refresh steps")
+    ema_decay: float = option(0.9, "scoring uses θ̄ ← d·θ̄ + (1 − d)·θ of the refreshed weights")
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.batch_size < 1:

@@ -19,13 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from datagen import SHIPPED_SEEDS
 from posttrain.data import DataError, DataReport, load_view
 
 Messages = list[dict[str, str]]
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 REFERENCE_FIELDS = ("reference", "answer", "gold")  # optional gold answer, for rule-based rewards
 SEEDS_SOURCE = "seeds"
-SEEDS_FILE = Path(__file__).resolve().parent.parent / "datagen" / "data" / "seeds.jsonl"
+SEEDS_FILE = SHIPPED_SEEDS
 
 
 # --------------------------------------------------------------------------- one row

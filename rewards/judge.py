@@ -1,0 +1,45 @@
+"""The datagen critique judge as a reward: the mean of its 1–4 aspect scores.
+
+Prompt, sampling and parser are datagen/critique.py's own, so the data filter and the DPO reward
+judge alike. The prompt's last user turn is the question; an unreadable or failed reply is NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from datagen import critique
+from datagen.config import option
+from datagen.critique import CritiqueConfig
+from datagen.inference.registry import ModelConfig
+from rewards.base import check_lengths, last_user_turn
+
+
+@dataclass
+class JudgeConfig:
+    """The judge model and the critique settings it grades with (datagen's CritiqueConfig; its
+    keep/reject thresholds do not apply to rewards)."""
+
+    model: ModelConfig = option(factory=ModelConfig, help="the judge: any datagen.inference backend")
+    critique: CritiqueConfig = option(factory=CritiqueConfig, help="prompt style, sampling and parsing")
+
+
+class CritiqueJudgeScorer:
+    def __init__(self, llm, cfg: JudgeConfig | None = None) -> None:
+        self.llm = llm
+        self.cfg = cfg or JudgeConfig()
+        self.name = f"critique:{llm.identity}"
+
+    def score(self, prompts, responses, references=None) -> list[float]:
+        check_lengths(prompts, responses, references)
+        cfg = self.cfg.critique
+        params = critique.critique_params(cfg)
+        requests = [critique.critique_request(last_user_turn(p), r, cfg, params) for p, r in zip(prompts, responses)]
+        scores = []
+        for completion in self.llm.generate(requests):
+            if not completion.ok:
+                scores.append(math.nan)
+                continue
+            parsed = critique.parse_critique(critique.critique_text(completion.text, cfg.style), cfg.min_aspects)
+            scores.append(math.nan if parsed.problem else critique.mean_score(parsed.scores))
+        return scores
