@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from datagen import critique
 from datagen.config import option
-from datagen.critique import CritiqueConfig
+from datagen.critique import CritiqueConfig, critique_requests, read_critique
 from datagen.inference.registry import ModelConfig
 from rewards.base import check_lengths, last_user_turn
 
@@ -33,13 +32,9 @@ class CritiqueJudgeScorer:
     def score(self, prompts, responses, references=None) -> list[float]:
         check_lengths(prompts, responses, references)
         cfg = self.cfg.critique
-        params = critique.critique_params(cfg)
-        requests = [critique.critique_request(last_user_turn(p), r, cfg, params) for p, r in zip(prompts, responses)]
+        requests = critique_requests([(last_user_turn(p), r) for p, r in zip(prompts, responses)], cfg)
         scores = []
         for completion in self.llm.generate(requests):
-            if not completion.ok:
-                scores.append(math.nan)
-                continue
-            parsed = critique.parse_critique(critique.critique_text(completion.text, cfg.style), cfg.min_aspects)
-            scores.append(math.nan if parsed.problem else critique.mean_score(parsed.scores))
+            mean = read_critique(completion.text, cfg).mean if completion.ok else None
+            scores.append(math.nan if mean is None else mean)
         return scores
