@@ -119,23 +119,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def split_config_arg(argv: list[str], doc: str = "") -> tuple[str | None, list[str]]:
-    """`--config FILE` (optional) and the remaining `--key value` overrides; `--help` prints `doc`."""
-    if "--help" in argv or "-h" in argv:
-        print(doc)
-        raise SystemExit(0)
-    rest, path, i = [], None, 0
-    while i < len(argv):
-        if argv[i] == "--config" and i + 1 < len(argv):
-            path, i = argv[i + 1], i + 2
-        elif argv[i].startswith("--config="):
-            path, i = argv[i].split("=", 1)[1], i + 1
-        else:
-            rest.append(argv[i])
-            i += 1
-    return path, rest
-
-
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
     """`--a.b 3 --c=x --flag` → [("a.b", "3"), ("c", "x"), ("flag", "true")]."""
     pairs, i = [], 0

@@ -48,7 +48,7 @@ class OnlineRounds:
         self.cfg = cfg
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer = scorer
-        self.refresher = refresher  # rewards.refresh.RewardRefresher, when the RM is refreshed between rounds
+        self.refresher = refresher  # posttrain.rm_refresh.RewardRefresher, when the RM is refreshed between rounds
         self.seed = seed
         self.snapshot_root = snapshot_root  # where vLLM rounds without a checkpoint snapshot the policy
         self.normalizer = RewardNormalizer(cfg.normalizer_momentum)
