@@ -1,4 +1,4 @@
-"""One-stage DPO after the Hunyuan-Large report: offline + online best/worst-of-N pairs, SFT loss, EMA.
+r"""One-stage DPO after the Hunyuan-Large report: offline + online best/worst-of-N pairs, SFT loss, EMA.
 
     accelerate launch posttrain/dpo.py --config configs/posttrain/dpo_tiny.yaml \
         [--output_dir DIR] [--max_steps N] [--online.ratio 0.5 ...]

@@ -1,4 +1,4 @@
-"""Train a reward model on preference pairs with TRL's RewardTrainer.
+r"""Train a reward model on preference pairs with TRL's RewardTrainer.
 
     accelerate launch posttrain/rm.py --config configs/posttrain/rm_tiny.yaml [--output_dir DIR] [--max_steps N] ...
 

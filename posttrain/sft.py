@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a (MoE) causal LM with TRL, after the Hunyuan-Large recipe.
+r"""Supervised fine-tuning of a (MoE) causal LM with TRL, after the Hunyuan-Large recipe.
 
     accelerate launch posttrain/sft.py --config configs/posttrain/sft_tiny.yaml \
         [--output_dir DIR] [--max_steps N] [--dataset DIR|FILE|HUB_ID] [--moe.expert_lr_ratio 0.31 ...]
