@@ -141,6 +141,15 @@ def test_bad_config_names_the_key(bad, key):
         HunYuanConfig(**{**TINY, **bad})
 
 
+def test_bad_checkpoint_config_is_one_clear_error(tmp_path):
+    from transformers import AutoConfig
+
+    bad = {**TENCENT_CONFIG, "rope_scaling": {"type": "longrope", "factor": 2.0}}
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(HunyuanConfigError, match="rope_scaling type 'longrope' is not supported"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
 # --------------------------------------------------------------------------- attention and CLA
 
 

@@ -118,6 +118,10 @@ class HunYuanConfig(PreTrainedConfig):
             if not 1 <= self.topk(layer) <= self.num_experts:
                 raise HunyuanConfigError(f"moe_topk={self.topk(layer)} must be between 1 and "
                                          f"num_experts={self.num_experts} (layer {layer})")
+        from transformers.activations import ACT2FN
+
+        if self.hidden_act not in ACT2FN:
+            raise HunyuanConfigError(f"hidden_act={self.hidden_act!r} is not an activation transformers knows")
         if self.capacity_factor <= 0:
             raise HunyuanConfigError(f"capacity_factor={self.capacity_factor} must be > 0")
         for key in ("attention_dropout", "hidden_dropout"):
