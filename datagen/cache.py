@@ -20,6 +20,7 @@ from typing import Sequence
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from datagen.config import option
 from datagen.inference.base import LLM, Completion, Request
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ CACHE_NAMESPACE = "synthpost.cache"
 
 @dataclass
 class CacheConfig:
-    enabled: bool = True  # `--no_cache` on the command line turns it off
-    dir: str = ""  # local path or gs://bucket/prefix; empty: ~/.cache/synthpost/calls
+    enabled: bool = option(True, "reuse finished model calls on rerun; `--no_cache` turns it off")
+    dir: str = option("", "local path or gs://bucket/prefix; empty: ~/.cache/synthpost/calls")
 
 
 def default_cache_dir() -> str:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import apache_beam as beam
 
 from datagen.answers import extract_math_answer, extract_short_answer, math_equivalent
+from datagen.config import option
 from datagen.python_code import extract_code
 from datagen.record import Consistency, Record
 from datagen.sandbox import run_sandboxed
@@ -41,14 +42,14 @@ STAGE = "consistency"
 
 @dataclass
 class ConsistencyConfig:
-    threshold: float = 0.5  # minimum share of answers agreeing with the majority
-    min_answers: int = 2  # fewer responses than this cannot show agreement: too_few_answers
-    math_domains: list[str] = field(default_factory=lambda: ["math"])  # compared with math-verify
-    code_domains: list[str] = field(default_factory=lambda: ["code"])  # run in the sandbox
-    code_timeout_seconds: float = 5.0  # wall-clock limit per program (CPU limit: the same, rounded up)
-    code_memory_mb: int = 256  # address-space limit per program
-    code_output_kb: int = 256  # largest file (stdout included) a program may write
-    network_namespace: bool = True  # also cut the network with `unshare --net` where the host allows
+    threshold: float = option(0.5, "minimum share of answers agreeing with the majority")
+    min_answers: int = option(2, "fewer responses than this cannot show agreement: too_few_answers")
+    math_domains: list[str] = option(["math"], "domains whose answers are compared with math-verify")
+    code_domains: list[str] = option(["code"], "domains whose answers run in the sandbox")
+    code_timeout_seconds: float = option(5.0, "wall-clock limit per program (CPU limit: the same, rounded up)")
+    code_memory_mb: int = option(256, "address-space limit per program")
+    code_output_kb: int = option(256, "largest file (stdout included) a program may write")
+    network_namespace: bool = option(True, "also cut the network with `unshare --net` where the host allows")
 
 
 class Answer(NamedTuple):

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from datagen.config import option
 from datagen.record import Record
 from datagen.stage import RecordFn, StageResult, run_stage
 from datagen.text import words
@@ -30,10 +31,11 @@ STAGE = "decontam"
 
 @dataclass
 class DecontamConfig:
-    benchmarks: list[str] = field(default_factory=list)  # JSONL files with a text field
-    text_field: str = "text"
-    ngram: int = 13  # words; 13-gram overlap is the common contamination test
-    min_ngram: int = 8  # benchmark items of min_ngram..ngram-1 words are matched whole
+    benchmarks: list[str] = option([], "benchmark JSONL files (any Beam filesystem) to keep out of the data")
+    text_field: str = option("text", "the string field of each benchmark line that is compared")
+    ngram: int = option(13, "words in a shared n-gram that makes a record contaminated (13: the common test)")
+    min_ngram: int = option(8, "benchmark items of min_ngram..ngram-1 words are matched whole; shorter ones "
+                               "are ignored")
 
 
 def load_benchmark(path: str, text_field: str) -> list[str]:

@@ -26,6 +26,7 @@ import apache_beam as beam
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from datagen.config import option
 from datagen.record import Record
 from datagen.stage import StageResult, StageCounters, route, run_stage
 from datagen.text import words
@@ -35,10 +36,10 @@ STAGE = "dedup"
 
 @dataclass
 class DedupConfig:
-    threshold: float = 0.8  # estimated Jaccard similarity above which two instructions are twins
-    num_perm: int = 128  # MinHash permutations; more: a finer Jaccard estimate, bigger signatures
-    shingle_words: int = 3  # words per shingle
-    seed: int = 1  # MinHash permutation seed (all workers must agree)
+    threshold: float = option(0.8, "estimated Jaccard similarity at or above which two instructions are twins")
+    num_perm: int = option(128, "MinHash permutations; more: a finer Jaccard estimate, bigger signatures")
+    shingle_words: int = option(3, "words per shingle")
+    seed: int = option(1, "MinHash permutation seed (all workers must agree)")
 
 
 RankKey = tuple[str, str]

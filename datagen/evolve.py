@@ -24,11 +24,12 @@ import dataclasses
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import apache_beam as beam
 
+from datagen.config import option
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.python_code import valid_tests
@@ -57,19 +58,21 @@ _STOP = set("that this with from have what which when where your their there abo
 
 @dataclass
 class EvolveConfig:
-    model: str = "default"  # a key of `models`
-    rounds: int = 1  # rounds of evolution; 0 turns evolution off
-    operations: list[str] = field(default_factory=lambda: ["clarify", "expand", "harder"])  # clarify | expand | harder
-    low_resource_domains: list[str] = field(default_factory=list)  # domains `expand` applies to (= generate's)
-    expand_examples: int = 3  # in-domain examples shown for self-instruct expansion
-    on_failure: Literal["keep_original", "reject"] = "keep_original"  # keep_original: drop the failed evolution, keep the record (its
-    # history records the failure); reject: reject the record with the failure's reason
-    copy_similarity: float = 0.9  # difflib ratio at or above which an evolution is a copy
-    min_keyword_retention: float = 0.5  # share of the original's keywords an evolution must keep
-    max_tokens: int = 160  # an instruction is short; a long output is usually an answer
-    temperature: float = 0.7  # sampling temperature
-    top_p: float = 0.95  # nucleus sampling
-    seed: int = 2345  # sampling seed; round r uses seed + r
+    model: str = option("default", "the model that rewrites instructions: a key of `models`")
+    rounds: int = option(1, "rounds of evolution; 0 turns evolution off")
+    operations: list[str] = option(["clarify", "expand", "harder"], "operations to choose from: clarify | expand "
+                                                                    "| harder")
+    low_resource_domains: list[str] = option([], "domains `expand` applies to; empty: generate's")
+    expand_examples: int = option(3, "in-domain examples shown for self-instruct expansion")
+    on_failure: Literal["keep_original", "reject"] = option(
+        "keep_original", "keep_original: drop the failed evolution, keep the record (its history records the "
+                         "failure); reject: reject the record with the failure's reason")
+    copy_similarity: float = option(0.9, "difflib ratio at or above which an evolution is a copy")
+    min_keyword_retention: float = option(0.5, "share of the original's keywords an evolution must keep")
+    max_tokens: int = option(160, "an instruction is short; a long output is usually an answer")
+    temperature: float = option(0.7, "sampling temperature")
+    top_p: float = option(0.95, "nucleus sampling")
+    seed: int = option(2345, "sampling seed; round r uses seed + r")
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.operations if op not in OPERATIONS]

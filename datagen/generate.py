@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 
+from datagen.config import option
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.python_code import valid_tests
@@ -56,17 +57,20 @@ ALIASES = {"writing": "humanities", "literature": "humanities", "history": "huma
 
 @dataclass
 class GenerateConfig:
-    model: str = "default"  # a key of `models`
-    k: int = 3  # instructions asked for per seed (keep small on CPU: each costs ~40 tokens)
-    domains: list[str] = field(default_factory=lambda: ["math", "code", "science", "humanities", "general"])
-    low_resource_domains: list[str] = field(default_factory=list)  # extra domains with their own prompt
-    max_per_domain: int | None = None  # cap per domain so one domain cannot swamp the set
-    objective_domains: list[str] = field(default_factory=lambda: ["math", "code"])  # always objective
-    max_seed_chars: int = 1500  # the seed is cut to this many characters in the prompt
-    max_tokens: int = 200  # room for k short instructions; a cut-off last item is dropped
-    temperature: float = 0.8  # sampling temperature: some variety across seeds
-    top_p: float = 0.95  # nucleus sampling
-    seed: int = 1234  # sampling seed (reproducible runs, cache hits)
+    model: str = option("default", "the model that writes instructions: a key of `models`")
+    k: int = option(3, "instructions asked for per seed (keep small on CPU: each costs ~40 tokens)")
+    domains: list[str] = option(["math", "code", "science", "humanities", "general"],
+                                "domains with their own template; a seed's other domains count as general")
+    low_resource_domains: list[str] = option([], "extra domains with a generic prompt of their own (and "
+                                                 "evolve's `expand`)")
+    max_per_domain: int | None = option(None, "cap per domain so one domain cannot swamp the set "
+                                              "(lowest ids kept); null: no cap")
+    objective_domains: list[str] = option(["math", "code"], "domains whose items are always objective")
+    max_seed_chars: int = option(1500, "the seed is cut to this many characters in the prompt")
+    max_tokens: int = option(200, "room for k short instructions; a cut-off last item is dropped")
+    temperature: float = option(0.8, "sampling temperature: some variety across seeds")
+    top_p: float = option(0.95, "nucleus sampling")
+    seed: int = option(1234, "sampling seed (reproducible runs, cache hits)")
 
     def __post_init__(self) -> None:
         if self.k < 1:

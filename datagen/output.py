@@ -1,21 +1,19 @@
 """Output: a hub-ready dataset directory (Parquet shards, rejects, stats, card, report, views).
 
-Two halves. Inside the Beam pipeline, `WriteRecords` writes one PCollection of Records as
-Parquet shards `<dir>/<subdir>/train-00000-of-00002.parquet`, keyed by record id: Beam retries
-bundles (at-least-once), so a record may arrive twice, and grouping by id keeps exactly one row.
-Shard contents and names depend only on the set of records, so a rerun rewrites the same files.
+Inside the Beam pipeline, `WriteRecords` writes one PCollection of Records as Parquet shards
+`<dir>/<subdir>/train-00000-of-00002.parquet`, keyed by record id: Beam retries bundles
+(at-least-once), so a record may arrive twice, and grouping by id keeps exactly one row. Shard
+contents and names depend only on the set of records, so a rerun rewrites the same files.
 
-After the pipeline, `finalize` (plain Python) reads `data/` and `rejects/` back and writes the
-training views (`sft/` messages, `dpo/` prompt/chosen/rejected), `stats.json`, the dataset card
-`README.md` and the picture report `report/`. `push_to_hub` uploads the lot with the token from
-HF_TOKEN, which is never printed, logged or written. All file I/O goes through Beam's
-FileSystems, so `gs://` directories work where the GCP extras are installed.
+After the pipeline, `datagen.finalize` reads `data/` and `rejects/` back and writes the training
+views, `stats.json`, the dataset card and the picture report. `push_to_hub` uploads the lot with
+the token from HF_TOKEN, which is never printed, logged or written. All file I/O goes through
+Beam's FileSystems, so `gs://` directories work where the GCP extras are installed.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -28,15 +26,15 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 
-from datagen import report
+from datagen.config import option
 from datagen.record import Record, from_arrow, to_arrow
 from datagen.stage import STATS_NAMESPACE_PREFIX
 
 log = logging.getLogger(__name__)
 SPLIT = "train"
 DATA, REJECTS, SFT, DPO, REPORT = "data", "rejects", "sft", "dpo", "report"
+OUTPUT_NAMESPACE = STATS_NAMESPACE_PREFIX + "output"  # counters of the writer, not of a stage
 # What push_to_hub uploads: never the request cache or temporary files that share the directory.
 UPLOAD_PATTERNS = [f"{DATA}/*.parquet", f"{REJECTS}/*.parquet", f"{SFT}/*.parquet",
                    f"{DPO}/*.parquet", f"{REPORT}/*", "README.md", "stats.json"]
@@ -46,14 +44,12 @@ UPLOAD_PATTERNS = [f"{DATA}/*.parquet", f"{REJECTS}/*.parquet", f"{SFT}/*.parque
 class OutputConfig:
     """Where the dataset directory goes and how it is published."""
 
-    dir: str = "out/synth"  # local path or gs://…
-    shard_records: int = 5000  # records per Parquet shard (the shard count follows from it)
-    push_to_hub: str = ""  # repo id; the token comes from HF_TOKEN and is never printed
-    private: bool = True  # a new hub repo is private unless this is false
-    license: str = "apache-2.0"  # card license of the generated data; check your seeds' and models' terms
-
-
-
+    dir: str = option("out/synth", "the dataset directory: local path or gs://…")
+    shard_records: int = option(5000, "records per Parquet shard (the shard count follows from it)")
+    push_to_hub: str = option("", "hub dataset repo id to upload to; the token comes from HF_TOKEN and is "
+                                  "never printed")
+    private: bool = option(True, "a new hub repo is private unless this is false")
+    license: str = option("apache-2.0", "card license of the generated data; check your seeds' and models' terms")
 
 
 def read_records(directory: str) -> list[Record]:
@@ -78,7 +74,7 @@ class _KeepOne(beam.DoFn):
         self.subdir = subdir
 
     def setup(self) -> None:
-        self._duplicates = Metrics.counter(f"{STATS_NAMESPACE_PREFIX}output", f"duplicate_ids:{self.subdir}")
+        self._duplicates = Metrics.counter(OUTPUT_NAMESPACE, f"duplicate_ids:{self.subdir}")
 
     def process(self, keyed):
         record_id, copies = keyed
@@ -111,7 +107,7 @@ def _delete_stale(_, directory: str, written: list[str]) -> None:
     """Remove shards of an earlier run with another shard count, and orphaned temp files."""
     keep = set(written)
     ours = (f"{SPLIT}-", ".tmp-")
-    stale = [m.path for m in _match(directory, "*")
+    stale = [m.path for m in match_files(directory, "*")
              if m.path not in keep and os.path.basename(m.path).startswith(ours)]
     if stale:
         FileSystems.delete(stale)
@@ -169,132 +165,17 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def _match(directory: str, pattern: str):
+def match_files(directory: str, pattern: str):
     result = FileSystems.match([FileSystems.join(directory, pattern)])[0]
     return sorted(result.metadata_list, key=lambda m: m.path)
 
 
 def read_shards(directory: str, columns: list[str] | None):
     """Yield (index, num_shards, table) for each Parquet shard in `directory`."""
-    shards = [m.path for m in _match(directory, f"{SPLIT}-*-of-*.parquet")]
+    shards = [m.path for m in match_files(directory, f"{SPLIT}-*-of-*.parquet")]
     for i, path in enumerate(shards):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             yield i, len(shards), pq.read_table(pa.BufferReader(f.read()), columns=columns)
-
-
-# ---------------------------------------------------------------- stats from Beam counters -----
-def collect_stage_stats(pipeline_result, stages: list[str]) -> dict[str, dict]:
-    """The `synthpost.<stage>` counters of a finished run as {stage: {in, kept, out, rejected}},
-    stages in the given (pipeline) order; a counter reported by several steps is summed."""
-    stats = {stage: _empty_stage() for stage in stages}
-    for counter in pipeline_result.metrics().query(MetricsFilter())["counters"]:
-        namespace, name = counter.key.metric.namespace, counter.key.metric.name
-        if not namespace.startswith(STATS_NAMESPACE_PREFIX) or namespace in _NOT_STAGES:
-            continue
-        entry = stats.setdefault(namespace[len(STATS_NAMESPACE_PREFIX):], _empty_stage())
-        value = counter.committed if counter.committed is not None else counter.attempted
-        if name.startswith("rejected:"):
-            reason = name[len("rejected:"):]
-            entry["rejected"][reason] = entry["rejected"].get(reason, 0) + int(value)
-        elif name in ("in", "kept", "out"):
-            entry[name] += int(value)
-    return stats
-
-
-_NOT_STAGES = {f"{STATS_NAMESPACE_PREFIX}output", f"{STATS_NAMESPACE_PREFIX}cache", f"{STATS_NAMESPACE_PREFIX}calls"}
-
-
-def _empty_stage() -> dict:
-    return {"in": 0, "kept": 0, "out": 0, "rejected": {}}
-
-
-# ---------------------------------------------------------------- training views ----------------
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-SFT_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("messages", _MESSAGES)])
-DPO_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("prompt", _MESSAGES),
-                        ("chosen", _MESSAGES), ("rejected", _MESSAGES),
-                        ("score_chosen", pa.float64()), ("score_rejected", pa.float64())])
-_DATA_COLUMNS = ["id", "domain", "instruction", "response", "responses", "critique"]
-_REJECT_COLUMNS = ["id", "domain", "reject_stage", "reject_reason", "critique"]
-
-
-def sft_row(row: dict) -> dict | None:
-    """A kept record as a chat exchange; None when it has no instruction or chosen answer."""
-    if not row.get("instruction") or not row.get("response"):
-        return None
-    return {"id": row["id"], "domain": row["domain"],
-            "messages": [{"role": "user", "content": row["instruction"]},
-                         {"role": "assistant", "content": row["response"]}]}
-
-
-def dpo_row(row: dict) -> dict | None:
-    """Best vs worst answer by critique score (ties: the earliest answer); None unless at least
-    two answers are scored and the scores differ."""
-    scored = [(r["score"], i, r["text"]) for i, r in enumerate(row.get("responses") or [])
-              if r.get("score") is not None and not math.isnan(r["score"]) and r.get("text")]
-    if len(scored) < 2 or not row.get("instruction"):
-        return None
-    best = max(scored, key=lambda s: (s[0], -s[1]))
-    worst = min(scored, key=lambda s: (s[0], s[1]))
-    if best[0] == worst[0]:
-        return None
-    return {"id": row["id"], "domain": row["domain"],
-            "prompt": [{"role": "user", "content": row["instruction"]}],
-            "chosen": [{"role": "assistant", "content": best[2]}],
-            "rejected": [{"role": "assistant", "content": worst[2]}],
-            "score_chosen": float(best[0]), "score_rejected": float(worst[0])}
-
-
-# ---------------------------------------------------------------- finalize ----------------------
-def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float) -> dict:
-    """After the pipeline: views, stats.json, README.md and report/ from data/ and rejects/.
-
-    `stats` is {stage: {"in", "kept", "out", "rejected": {reason: n}}} in pipeline order (see
-    collect_stage_stats); `config` the run's config as a dict, shown in the card with secrets
-    masked. Returns counts and paths for the entry point to print.
-    """
-    data_dir, rejects_dir = FileSystems.join(out_dir, DATA), FileSystems.join(out_dir, REJECTS)
-    if not _match(data_dir, f"{SPLIT}-*-of-*.parquet"):
-        raise FileNotFoundError(f"no Parquet shards in {data_dir}: did the pipeline's WriteRecords run?")
-    tally = report.Tally()
-    views = {SFT: 0, DPO: 0}
-    for view in views:
-        _clear(FileSystems.join(out_dir, view))
-    for index, num_shards, table in read_shards(data_dir, _DATA_COLUMNS):
-        rows = table.to_pylist()
-        for row in rows:
-            tally.add("kept", row)
-        for view, to_row, schema in ((SFT, sft_row, SFT_SCHEMA), (DPO, dpo_row, DPO_SCHEMA)):
-            view_rows = [v for v in map(to_row, rows) if v is not None]
-            views[view] += len(view_rows)
-            path = FileSystems.join(out_dir, view, shard_name(index, num_shards))
-            write_bytes(path, parquet_bytes(pa.Table.from_pylist(view_rows, schema=schema)))
-    for _, _, table in read_shards(rejects_dir, _REJECT_COLUMNS):
-        for row in table.to_pylist():
-            tally.add("rejected", row)
-
-    summary = report.summarize(stats, tally, views, wall_seconds)
-    write_bytes(FileSystems.join(out_dir, "stats.json"), json.dumps(summary, indent=2).encode("utf-8"))
-    card = report.render_card(summary, config)
-    write_bytes(FileSystems.join(out_dir, "README.md"), card.encode("utf-8"))
-    images = {"funnel.png": report.render_funnel(summary),
-              "critique_scores.png": report.render_critique(summary),
-              "domains.png": report.render_domains(summary)}
-    for name, png in images.items():
-        write_bytes(FileSystems.join(out_dir, REPORT, name), png)
-    write_bytes(FileSystems.join(out_dir, REPORT, "index.html"),
-                report.render_index(summary, list(images)).encode("utf-8"))
-    log.info("dataset at %s: %d kept, %d rejected, %d SFT rows, %d DPO pairs",
-             out_dir, tally.kept, tally.rejected, views[SFT], views[DPO])
-    return {"out_dir": out_dir, "kept": tally.kept, "rejected": tally.rejected, "sft": views[SFT],
-            "dpo": views[DPO], "paths": {name: FileSystems.join(out_dir, name) for name in
-                                         (DATA, REJECTS, SFT, DPO, "stats.json", "README.md", REPORT)}}
-
-
-def _clear(directory: str) -> None:
-    stale = [m.path for m in _match(directory, "*.parquet")]
-    if stale:
-        FileSystems.delete(stale)
 
 
 # ---------------------------------------------------------------- hub upload --------------------

@@ -11,17 +11,17 @@ Every response records the serving model and its finish reason.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import apache_beam as beam
 
+from datagen.config import ConfigError, option
 from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.record import Record, Response
 from datagen.stage import LLMStageFn, RecordFn, StageResult, run_stage
 from datagen.text import is_mostly_cjk
-from datagen.config import ConfigError
 
 STAGE = "respond"
 ANY_DOMAIN = "*"
@@ -40,14 +40,15 @@ FORMAT_HINTS_ZH = {
 
 @dataclass
 class RespondConfig:
-    routing: dict[str, str] = field(default_factory=lambda: {"*": "default"})  # domain → models key
-    objective_domains: list[str] = field(default_factory=lambda: ["math", "code"])  # objective even if unflagged
-    n_objective: int = 4  # sampled answers per objective item, in one request (`n`)
-    n_subjective: int = 2  # answers per other item (best and worst feed the DPO view)
-    max_tokens: int = 384  # per answer; answers cut here are dropped later by the truncation rule
-    temperature: float = 0.7  # > 0: the n samples must differ for self-consistency to mean anything
-    top_p: float = 0.95  # nucleus sampling
-    seed: int = 3456  # sampling seed (reproducible runs, cache hits)
+    routing: dict[str, str] = option({"*": "default"}, "domain → models key (\"specialized models\"); "
+                                                       "\"*\" is the fallback")
+    objective_domains: list[str] = option(["math", "code"], "domains answered as objective even if unflagged")
+    n_objective: int = option(4, "sampled answers per objective item, in one request (`n`)")
+    n_subjective: int = option(2, "answers per other item (best and worst feed the DPO view)")
+    max_tokens: int = option(384, "per answer; answers cut here are dropped later by the truncation rule")
+    temperature: float = option(0.7, "> 0: the n samples must differ for self-consistency to mean anything")
+    top_p: float = option(0.95, "nucleus sampling")
+    seed: int = option(3456, "sampling seed (reproducible runs, cache hits)")
 
     def __post_init__(self) -> None:
         if self.n_objective < 1 or self.n_subjective < 1:

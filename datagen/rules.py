@@ -24,11 +24,12 @@ import collections
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import apache_beam as beam
 
+from datagen.config import option
 from datagen.record import Record, Response
 from datagen.stage import RecordFn, StageResult, run_stage
 from datagen.text import HAN_CHAR, words
@@ -38,15 +39,15 @@ STAGE = "rules"
 
 @dataclass
 class RulesConfig:
-    min_instruction_chars: int = 12
-    max_instruction_chars: int = 4000
-    min_response_chars: int = 2
-    max_response_chars: int = 12000
-    max_repeated_ngram_ratio: float = 0.3  # share of word n-grams that repeat an earlier one
-    repetition_ngram: int = 4  # n of those n-grams (words; CJK characters count as words)
-    max_garbled_ratio: float = 0.2  # suspicious chars / chars outside printable ASCII
-    reject_truncated: bool = True  # drop responses that hit max_tokens (finish_reason "length")
-    languages: list[str] = field(default_factory=lambda: ["en", "zh"])  # allowed; empty list: any
+    min_instruction_chars: int = option(12, "shorter instructions are rejected (instruction_too_short)")
+    max_instruction_chars: int = option(4000, "longer instructions are rejected (instruction_too_long)")
+    min_response_chars: int = option(2, "shorter responses are dropped (response_too_short)")
+    max_response_chars: int = option(12000, "longer responses are dropped (response_too_long)")
+    max_repeated_ngram_ratio: float = option(0.3, "share of word n-grams that may repeat an earlier one")
+    repetition_ngram: int = option(4, "n of those n-grams (words; CJK characters count as words)")
+    max_garbled_ratio: float = option(0.2, "suspicious chars / chars outside printable ASCII")
+    reject_truncated: bool = option(True, "drop responses that hit max_tokens (finish_reason \"length\")")
+    languages: list[str] = option(["en", "zh"], "allowed instruction scripts (en, zh, other); empty list: any")
 
 
 class Finding(NamedTuple):

@@ -34,11 +34,12 @@ from datagen.generate import GenerateStage
 from datagen.inference import registry
 from datagen.inference.base import InferenceError
 from datagen.inference.models import resolve_model
-from datagen.output import WriteRecords, collect_stage_stats, finalize, push_to_hub
+from datagen.finalize import collect_stage_stats, finalize
+from datagen.output import WriteRecords, push_to_hub
 from datagen.respond import RespondStage
 from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
-from datagen.config import ConfigError, load_config, parse_overrides, to_dict
+from datagen.config import ConfigError, format_keys, load_config, parse_overrides, to_dict
 from pipelines.synth_config import SynthConfig
 
 log = logging.getLogger("synthpost")
@@ -51,7 +52,9 @@ SECTIONS = {f.name for f in dataclasses.fields(SynthConfig)}
 def parse_args(argv: list[str]) -> tuple[SynthConfig, list[str]]:
     """Split argv into our shorthands, config overrides (`--section.key v`) and Beam options."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config keys (in the YAML, or --section.key VALUE here):\n"
+                                            + format_keys(SynthConfig))
     parser.add_argument("--config", help="YAML config (default: the embedded CPU demo)")
     parser.add_argument("--seeds", help="seed file, folder or glob (overrides seeds.path)")
     parser.add_argument("--output", help="output directory (overrides output.dir)")

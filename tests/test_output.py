@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from datagen import output, report
-from datagen.output import (PushError, WriteRecords, collect_stage_stats, dpo_row, finalize, push_to_hub,
-                            read_records, sft_row)
+from datagen.finalize import collect_stage_stats, dpo_row, finalize, sft_row
+from datagen.output import PushError, WriteRecords, push_to_hub, read_records
 from datagen.record import Critique, Record, Response
 from datagen.report import redact
 from datagen.stage import RecordFn, run_stage
