@@ -66,7 +66,8 @@ def test_check_evolution(operation, before, after, reason):
     assert check_evolution(operation, before, after, [], CFG)[0] == reason
 
 
-def test_real_smollm2_harder_output_is_an_answer():
+def test_recorded_smollm2_harder_output_is_an_answer():
+    """A "harder" rewrite SmolLM2-135M wrote in a trial, replayed as text: it answered instead."""
     before = "A rectangle is 8 cm long and 5 cm wide. What is its perimeter?"
     raw = ("A rectangle is a square object that has an edge length of 8 cm.  It measures 5 cm wide. This means "
            "the perimeter of a rectangle is 8 + 5 = 13 cm.")

@@ -83,7 +83,8 @@ def test_truncated_last_item_is_dropped_and_k_caps():
     assert parse_instructions(raw, k=1) == [P("Why is the sky blue?")]
 
 
-def test_real_smollm2_outputs():
+def test_recorded_smollm2_outputs():
+    """Outputs SmolLM2-135M wrote in trials, replayed as text (no model runs here)."""
     echo = ("1. \n2. \n3. \n*  1. The Pythagorean triple c-3, a-3-4 is an example of a Pythagorean triple.\n\n"
             "There are other Pythagorean triples found in the set")
     assert parse_instructions(echo, 3, truncated=True) == []
