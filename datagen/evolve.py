@@ -60,8 +60,8 @@ _STOP = set("that this with from have what which when where your their there abo
 class EvolveConfig:
     model: str = option("default", "the model that rewrites instructions: a key of `models`")
     rounds: int = option(1, "rounds of evolution; 0 turns evolution off")
-    operations: list[str] = option(["clarify", "expand", "harder"], "operations to choose from: clarify | expand "
-                                                                    "| harder")
+    operations: list[str] = option(["clarify", "expand", "harder"],
+                                   "operations to choose from: clarify | expand | harder")
     low_resource_domains: list[str] = option([], "domains `expand` applies to; empty: generate's")
     expand_examples: int = option(3, "in-domain examples shown for self-instruct expansion")
     on_failure: Literal["keep_original", "reject"] = option(

@@ -24,22 +24,23 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from datagen import progress
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
-from datagen.stage import CALLS_NAMESPACE
+from datagen.config import ConfigError, format_keys, load_config, parse_overrides, to_dict
 from datagen.consistency import ConsistencyStage
 from datagen.critique import CritiqueStage
 from datagen.decontam import DecontamStage
 from datagen.dedup import DedupStage
 from datagen.evolve import EvolveStage
+from datagen.finalize import collect_stage_stats, finalize
 from datagen.generate import GenerateStage
 from datagen.inference import registry
 from datagen.inference.base import InferenceError
 from datagen.inference.models import resolve_model
-from datagen.finalize import collect_stage_stats, finalize
 from datagen.output import WriteRecords, push_to_hub
 from datagen.respond import RespondStage
 from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
-from datagen.config import ConfigError, format_keys, load_config, parse_overrides, to_dict
+from datagen.stage import CALLS_NAMESPACE
+import posttrain  # noqa: F401 - registers posttrain's model aliases (tiny-hunyuan-moe) for `models:`
 from pipelines.synth_config import SynthConfig
 
 log = logging.getLogger("synthpost")
