@@ -6,9 +6,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import ctypes  # noqa: E402
+
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# This process adopts the orphans of everything it starts (PR_SET_CHILD_SUBREAPER): a vLLM engine
+# whose API server died stays our descendant instead of init's, so `no_vllm_left_behind` can
+# tell our leftovers from another session's servers on a shared machine (and never kills those).
+try:
+    ctypes.CDLL("libc.so.6").prctl(36, 1)
+except OSError:
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +60,18 @@ def vllm_processes_of(pid: int | None = None) -> list[psutil.Process]:
     return found
 
 
+def our_vllm_processes() -> list[psutil.Process]:
+    """vLLM processes started by this test session (adopted orphans included, see above)."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    return [p for p in vllm_processes_of() if p.pid in ours]
+
+
 @pytest.fixture
 def no_vllm_left_behind():
     """Fail the test if it leaves a vLLM process running."""
-    before = {p.pid for p in vllm_processes_of()}
+    before = {p.pid for p in our_vllm_processes()}
     yield
-    leftover = [p for p in vllm_processes_of() if p.pid not in before]
+    leftover = [p for p in our_vllm_processes() if p.pid not in before]
     for proc in leftover:
         proc.kill()
     assert not leftover, f"vLLM processes left running: {[p.pid for p in leftover]}"
