@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import posttrain  # noqa: F401  (registers model_type "hunyuan")
-from posttrain.hunyuan import register
 from posttrain.hunyuan.upcycle import UpcycleError, upcycle_config, upcycle_directory, upcycle_model
 
-register()
 
 PROMPTS = {  # English, code, Chinese
     "en": "Explain in two sentences why the sky is blue.",
@@ -67,14 +65,15 @@ def test_non_llama_models_are_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_pair(tmp_path_factory):
-    """SmolLM2-135M-Instruct (the embedded model) and its upcycled MoE, both in float32."""
+def smollm2_pair():
+    """SmolLM2-135M-Instruct (the embedded model) and the `smollm2-moe` alias built from it (the
+    cached build, as `python -m pipelines.models prepare smollm2-moe` makes it), both in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from datagen.inference.models import resolve_model
 
     dense_dir = resolve_model("smollm2-135m")
-    moe_dir = upcycle_directory(dense_dir, tmp_path_factory.mktemp("smollm2-moe"))
+    moe_dir = resolve_model("smollm2-moe")
     dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
     moe = AutoModelForCausalLM.from_pretrained(moe_dir, dtype=torch.float32).eval()
     return dense, moe, AutoTokenizer.from_pretrained(dense_dir), AutoTokenizer.from_pretrained(moe_dir)

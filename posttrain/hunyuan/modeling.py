@@ -106,7 +106,10 @@ class HunYuanTopKGate(nn.Module):
         self.wg = nn.Linear(config.hidden_size, config.num_experts, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden_states.float(), self.wg.weight.float())
+        if isinstance(self.wg, nn.Linear):
+            return F.linear(hidden_states.float(), self.wg.weight.float())
+        # a serving engine swapped in its own layer (vLLM may repack the weight): call it as it is
+        return self.wg(hidden_states).float()
 
 
 class HunYuanMoE(nn.Module):
