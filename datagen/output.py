@@ -6,9 +6,8 @@ Inside the Beam pipeline, `WriteRecords` writes one PCollection of Records as Pa
 contents and names depend only on the set of records, so a rerun rewrites the same files.
 
 After the pipeline, `datagen.finalize` reads `data/` and `rejects/` back and writes the training
-views, `stats.json`, the dataset card and the picture report. `push_to_hub` uploads the lot with
-the token from HF_TOKEN, which is never printed, logged or written. All file I/O goes through
-Beam's FileSystems, so `gs://` directories work where the GCP extras are installed.
+views, `stats.json`, the dataset card and the picture report; `datagen.hub` uploads the lot.
+All file I/O goes through Beam's FileSystems, so `gs://` directories work where the GCP extras are installed.
 """
 from __future__ import annotations
 
@@ -176,39 +175,3 @@ def read_shards(directory: str, columns: list[str] | None):
     for i, path in enumerate(shards):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             yield i, len(shards), pq.read_table(pa.BufferReader(f.read()), columns=columns)
-
-
-# ---------------------------------------------------------------- hub upload --------------------
-class PushError(RuntimeError):
-    """The upload could not start or failed; the message never contains the token."""
-
-
-def push_to_hub(out_dir: str, repo_id: str, private: bool = True) -> str:
-    """Upload data, views, card, stats and report as a dataset repo; returns the repo URL.
-
-    Only UPLOAD_PATTERNS go up (never the request cache); stale shards of an earlier push are
-    deleted in the same commit. The token is read from HF_TOKEN and never printed or logged.
-    """
-    from huggingface_hub import HfApi  # imported here: only needed when pushing
-
-    token = os.environ.get("HF_TOKEN", "").strip()
-    if not token:
-        raise PushError("push_to_hub needs a Hugging Face token with write access in the HF_TOKEN "
-                        "environment variable")
-    if "://" in out_dir:
-        raise PushError(f"push_to_hub uploads a local directory; copy {out_dir} to a local path first")
-    if not os.path.isfile(os.path.join(out_dir, "README.md")):
-        raise PushError(f"{out_dir} has no README.md: run finalize before pushing")
-    try:
-        api = HfApi(token=token)
-        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=out_dir, repo_type="dataset",
-                          allow_patterns=UPLOAD_PATTERNS,
-                          delete_patterns=[f"{d}/*.parquet" for d in (DATA, REJECTS, SFT, DPO)],
-                          commit_message="synthpost: upload synthetic dataset")
-    except Exception as err:  # noqa: BLE001 - re-raised below with the token scrubbed
-        failure = f"upload to {repo_id} failed: {type(err).__name__}: {str(err).replace(token, '***')}"
-    else:
-        log.info("pushed %s to the hub dataset %s", out_dir, repo_id)
-        return str(url)
-    raise PushError(failure)  # outside `except`: the original error (and its text) is not chained

@@ -2,6 +2,7 @@
 
     python -m pipelines.synth [--config FILE] [--seeds PATH] [--output DIR] [--max_seeds N]
         [--no_cache] [--push_to_hub REPO_ID] [--<section>.<key> VALUE ...] [Beam options]
+    python -m pipelines.synth push DIR REPO_ID [--public]    # upload a finished DIR (again)
 
 With no arguments it runs the embedded default: the shipped seed corpus through the whole
 Hunyuan-style synthesis (generate → evolve → dedup → decontam → respond → rules →
@@ -35,12 +36,14 @@ from datagen.generate import GenerateStage
 from datagen.inference import registry
 from datagen.inference.base import InferenceError
 from datagen.inference.models import resolve_model
-from datagen.output import WriteRecords, push_to_hub
+from datagen.hub import PushError, require_token
+from datagen.output import WriteRecords
 from datagen.respond import RespondStage
 from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
 from datagen.stage import CALLS_NAMESPACE
 import posttrain  # noqa: F401 - registers posttrain's model aliases (tiny-hunyuan-moe) for `models:`
+from pipelines import push
 from pipelines.synth_config import SynthConfig
 
 log = logging.getLogger("synthpost")
@@ -197,8 +200,6 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     summary["seeds"] = stats.get("seeds", {}).get("in", 0)
     summary["model_calls_from_cache"] = cache_counts(result)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
-    if cfg.output.push_to_hub:
-        push_to_hub(cfg.output.dir, cfg.output.push_to_hub, private=cfg.output.private)
     return summary
 
 
@@ -249,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "httpx", "httpx2", "openai", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["push"]:
+        return push.main(argv[1:])
     try:
-        cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg, beam_args = parse_args(argv)
+        if cfg.output.push_to_hub:
+            require_token()  # before the run, not after it
         summary = run(cfg, beam_args)
-    except (ConfigError, InferenceError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, InferenceError, FileNotFoundError, ValueError, PushError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -265,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         registry.shutdown_all()
     print_summary(summary)
+    if cfg.output.push_to_hub and "dry_run" not in summary:
+        return push.push_and_report(cfg.output.dir, cfg.output.push_to_hub, cfg.output.private)
     return 0
 
 

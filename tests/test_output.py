@@ -1,17 +1,15 @@
 """Output stage: id-keyed Parquet shards from the real DirectRunner, then finalize (views,
-stats.json, card, picture report) and the hub upload with a patched HfApi."""
+stats.json, card, picture report). The hub upload is tested against a stand-in hub in test_hub.py."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
 
 import apache_beam as beam
 import datasets
-import huggingface_hub
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,7 +20,7 @@ from PIL import Image
 
 from datagen import output, report
 from datagen.finalize import collect_stage_stats, dpo_row, finalize, sft_row
-from datagen.output import PushError, WriteRecords, push_to_hub, read_records
+from datagen.output import WriteRecords, read_records
 from datagen.record import Critique, Record, Response
 from datagen.report import redact
 from datagen.stage import RecordFn, run_stage
@@ -257,73 +255,3 @@ def test_empty_kept_set_still_gives_views_card_and_report(tmp_path):
     assert "| `sft` | `sft/` | 0 |" in card and "0 inputs" not in card and "2 inputs → **0 kept**" in card
     assert datasets.load_dataset(str(tmp_path), "rejects", split="train").num_rows == 2
     assert all((tmp_path / "report" / n).stat().st_size > 5_000 for n in ("funnel.png", "domains.png"))
-
-
-# ---------------------------------------------------------------- hub upload ----------------------
-TOKEN = "hf_FAKE_token_that_must_never_leak_123"
-
-
-class FakeApi:
-    calls: list = []
-    fail_with: Exception | None = None
-
-    def __init__(self, token=None):
-        FakeApi.calls.append(("init", token))
-
-    def create_repo(self, repo_id, **kwargs):
-        FakeApi.calls.append(("create_repo", repo_id, kwargs))
-        if FakeApi.fail_with:
-            raise FakeApi.fail_with
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        FakeApi.calls.append(("upload_folder", kwargs))
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    FakeApi.calls, FakeApi.fail_with = [], None
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    return FakeApi
-
-
-def test_push_uploads_only_dataset_files_and_never_shows_the_token(built, fake_hub, caplog, capsys):
-    out, _, _ = built
-    (out / ".cache").mkdir(exist_ok=True)
-    (out / ".cache" / "calls.jsonl").write_text("{}")
-    caplog.set_level(logging.DEBUG)
-    url = push_to_hub(str(out), "org/synth")
-    assert url == "https://huggingface.co/datasets/org/synth"
-    assert fake_hub.calls[1] == ("create_repo", "org/synth",
-                                 {"repo_type": "dataset", "private": True, "exist_ok": True})
-    upload = fake_hub.calls[2][1]
-    assert (upload["repo_id"], upload["repo_type"]) == ("org/synth", "dataset")
-    assert upload["folder_path"] == str(out)
-    every_file = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
-    allowed = upload["allow_patterns"]
-    uploaded = set(huggingface_hub.utils.filter_repo_objects(every_file, allow_patterns=allowed))
-    assert uploaded == set(every_file) - {".cache/calls.jsonl"}
-    captured = capsys.readouterr()
-    assert TOKEN not in caplog.text + captured.out + captured.err
-    assert all(TOKEN.encode() not in (out / f).read_bytes() for f in every_file)
-
-
-def test_push_without_token_is_a_clear_error(built, fake_hub, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(PushError, match="HF_TOKEN"):
-        push_to_hub(str(built[0]), "org/synth")
-    assert fake_hub.calls == []
-
-
-def test_push_failure_message_is_scrubbed_of_the_token(built, fake_hub):
-    fake_hub.fail_with = RuntimeError(f"401 Unauthorized for token {TOKEN}")
-    with pytest.raises(PushError) as err:
-        push_to_hub(str(built[0]), "org/synth")
-    assert TOKEN not in str(err.value) and "401 Unauthorized for token ***" in str(err.value)
-    assert err.value.__cause__ is None and err.value.__context__ is None
-
-
-def test_push_refuses_a_directory_that_was_not_finalized(tmp_path, fake_hub):
-    with pytest.raises(PushError, match="run finalize"):
-        push_to_hub(str(tmp_path), "org/synth")
