@@ -73,6 +73,17 @@ def problem_reference(problem: dict) -> str:
     return json.dumps({k: problem[k] for k in ("prompt", "test", "entry_point")}, ensure_ascii=False)
 
 
+def _read_reference(reference: str) -> dict | None:
+    """The problem in a reference string, or None when it is not a usable problem."""
+    try:
+        problem = json.loads(reference)
+    except (TypeError, ValueError):
+        return None
+    fields = ("prompt", "test", "entry_point")
+    ok = isinstance(problem, dict) and all(isinstance(problem.get(k), str) and problem[k] for k in fields)
+    return problem if ok else None
+
+
 class HumanEvalScorer:
     """Reward-scorer form of the test runner: 1.0 when the tests pass, 0.0 when not."""
 
@@ -84,15 +95,8 @@ class HumanEvalScorer:
     def score(self, prompts, responses, references=None) -> list[float]:
         if references is None or len(references) != len(responses) or len(prompts) != len(responses):
             raise ValueError("code scoring needs one response and one reference (problem JSON) per prompt")
-        problems, usable = [], []
-        for reference in references:
-            try:
-                problem = json.loads(reference)
-                usable.append(all(isinstance(problem.get(k), str) and problem[k] for k in
-                                  ("prompt", "test", "entry_point")))
-            except (TypeError, ValueError, AttributeError):
-                problem, usable = {}, usable + [False]
-            problems.append(problem)
+        problems = [_read_reference(reference) for reference in references]
+        usable = [problem is not None for problem in problems]
         todo = [i for i, ok in enumerate(usable) if ok]
         checks = check_problems([problems[i] for i in todo], [responses[i] for i in todo],
                                 self.timeout, self.workers)

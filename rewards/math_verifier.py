@@ -2,13 +2,15 @@
 
 `check_answer(response, reference)` says whether the response's final answer (math-verify's
 extraction: a boxed answer, "the answer is ...", else the last number or expression) equals the
-reference, and which answer it read — the per-item file of an eval shows both. math-verify's own
+reference, and which answer it read — the per-item file of an eval shows both. A full stop right
+after a number is dropped first (math-verify reads "5/6." as 5/6.0, a float it finds unequal to 5/6). math-verify's own
 timeouts use SIGALRM, which only the main thread may set; elsewhere they are off (parsing short
 answers is fast). `MathVerifier` is the reward-scorer form (`score(prompts, responses, references)`).
 """
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import dataclass
 
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 class MathCheck:
     correct: float  # 1.0, 0.0, or NaN when the reference itself cannot be read
     extracted: str  # the answer read from the response ("" when none)
+
+
+_SENTENCE_STOP = re.compile(r"(?<=\d)\.(?!\d)")
 
 
 def _timeout() -> int | None:
@@ -32,11 +37,13 @@ def check_answer(response: str, reference: str) -> MathCheck:
     gold = parse(reference, parsing_timeout=timeout)
     if not gold:
         return MathCheck(math.nan, "")
-    predicted = parse(response, parsing_timeout=timeout) if response.strip() else []
+    # a full stop after a number ("... is 5/6.") makes math-verify read 5/6.0, a float unequal to 5/6
+    prose = _SENTENCE_STOP.sub(" ", response)
+    predicted = parse(prose, parsing_timeout=timeout) if prose.strip() else []
     if not predicted:
         return MathCheck(0.0, "")
     correct = verify(gold, predicted, timeout_seconds=timeout)
-    return MathCheck(1.0 if correct else 0.0, str(predicted[-1]))
+    return MathCheck(1.0 if correct else 0.0, str(predicted[-1]).strip())
 
 
 class MathVerifier:

@@ -72,11 +72,11 @@ def score_for_first(verdict: Verdict | None) -> float | None:
 
 _TIE_WORDS = r"(tie|draw|equal|equally good|equally bad|same|平局|相同|一样)"
 _EXPLICIT = [
-    re.compile(r"verdict\s*[:：]?\s*[\*\"'\[\(]*\s*(answer\s+)?(?P<v>A|B|tie)\b", re.I),
+    re.compile(r"verdict(\s+is)?[\s*\"'\[\(:：]*(answer\s+)?(?P<v>A|B|tie)(?![A-Za-z])", re.I),
     re.compile(r"\[\[\s*(?P<v>A|B|C|tie)\s*\]\]", re.I),
     re.compile(r"(判断|结论|裁决)\s*[:：]\s*(?P<v>A|B|平局)", re.I),
 ]
-_BETTER = re.compile(r"(answer|response|assistant|option|回答|答案)\s*(?P<v>A|B)\b[^.\n。]{0,40}?"
+_BETTER = re.compile(r"(answer|response|assistant|option|回答|答案)\s*(?P<v>A|B)(?![A-Za-z])[^.\n。]{0,40}?"
                      r"(is|was|seems|looks|更好|较好)?\s*(better|superior|preferred|more helpful|wins|更好|较好)", re.I)
 _PREFER = re.compile(r"\b(prefer|choose|pick|select)\s+(answer\s+|response\s+)?(?P<v>A|B)\b", re.I)
 _TIE = re.compile(r"\b(it'?s a tie|both (answers |responses )?are (equally )?(good|bad|correct|helpful|similar)|"

@@ -1,0 +1,83 @@
+"""`python -m pipelines.eval` — measure a model on the held-out sets that ship with synthpost.
+
+    python -m pipelines.eval --model M [--baseline B] [--judge J] [--reward R]
+        [--tasks math,code,judge,reward] [--limit N] [--output DIR] [--backend vllm|transformers|openai]
+        [--config FILE] [--no_cache] [--<key> VALUE ...]
+
+Tasks: math (arithmetic and word problems, four levels, math-verify), code (HumanEval pass@1 in the
+sandbox), judge (blind pairwise comparison of M and B by J, both orders), reward (mean reward of M's
+answers vs B's by the reward model R). Models: an embedded alias (smollm2-135m, ...), a local
+directory, a hub id, or a key of the config's `models:` map (`--models.NAME.backend ...`).
+Writes DIR/results.json, DIR/items.jsonl and DIR/report.html (with PNG charts); every model server
+it starts is stopped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from datagen.config import ConfigError, format_keys, load_config
+from datagen.inference.base import InferenceError
+from pipelines.evaluation import EvalConfig, evaluate
+from pipelines.evaluation.report import summary_line
+
+
+def parse_args(argv: list[str]) -> EvalConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="every config key (also settable in --config FILE):\n" + format_keys(EvalConfig))
+    parser.add_argument("--config", help="YAML config with any of the keys below (e.g. a models: map)")
+    parser.add_argument("--model", help="the model to evaluate")
+    parser.add_argument("--baseline", help="the model to compare against")
+    parser.add_argument("--judge", help="the model that judges pairs (judge task)")
+    parser.add_argument("--reward", help="the reward model (reward task)")
+    parser.add_argument("--tasks", help="comma-separated, from math,code,judge,reward")
+    parser.add_argument("--limit", type=int, help="first N items of each set")
+    parser.add_argument("--output", help="output directory (default eval_output)")
+    parser.add_argument("--backend", help="backend for model names not under models: (default vllm)")
+    parser.add_argument("--no_cache", action="store_true", help="do not reuse or store model calls")
+    known, rest = parser.parse_known_args(argv)
+    overrides: list[str] = []
+    for key in ("model", "baseline", "judge", "reward", "output", "backend"):
+        value = getattr(known, key)
+        if value is not None:
+            overrides += [f"--{key}", value]
+    if known.limit is not None:
+        overrides += ["--limit", str(known.limit)]
+    if known.tasks is not None:
+        names = [t.strip() for t in known.tasks.split(",") if t.strip()]
+        if not names:
+            raise ConfigError("tasks: no task given (choose from math, code, judge, reward)")
+        overrides += ["--tasks", "[" + ", ".join(names) + "]"]
+    if known.no_cache:
+        overrides += ["--cache.enabled", "false"]
+    return load_config(EvalConfig, known.config, rest + overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [eval] %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "openai", "matplotlib", "datagen", "apache_beam", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        results = evaluate(cfg)
+    except (ConfigError, InferenceError, ValueError, OSError) as err:
+        print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: model servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        from datagen.inference import registry
+
+        registry.shutdown_all()
+    print(summary_line(results, cfg.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`python -m pipelines.eval`: bad input in one line, complete outputs, both orders judged.
+
+Routing and bookkeeping run on test doubles injected through the registry (tests/fakes.py); the
+real paths run at the end: the embedded SmolLM2 through transformers, and through a vLLM server.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from datagen import eval_sets
+from datagen.inference.base import Request
+from fakes import FakeLLM, install_fake
+from pipelines import eval as eval_cli
+from pipelines.evaluation import EvalConfig, evaluate
+
+LIMIT = 6
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "smollm2-135m", "--tasks", "math,trivia"], "unknown task 'trivia'"),
+    (["--model", "no-such-model", "--tasks", "math"], "unknown model 'no-such-model'"),
+    (["--model", "smollm2-135m", "--tasks", "math", "--limit", "0"], "would be empty"),
+    (["--model", "smollm2-135m", "--tasks", "judge"], "needs a judge and a baseline"),
+    (["--model", "smollm2-135m", "--tasks", ","], "no task given"),
+    (["--tasks", "math"], "which model to evaluate"),
+    (["--model", "smollm2-135m", "--math.nope", "1"], "unknown key"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(args, message, capsys):
+    assert eval_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as stop:
+        eval_cli.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model", "--baseline", "--judge", "--reward", "--tasks", "--limit", "--output", "--config",
+                   "--models.<name>.backend", "--answers.math_max_tokens", "--pairwise.max_tokens"):
+        assert option in out
+
+
+# -- test doubles -------------------------------------------------------------------------------
+def user_text(request: Request) -> str:
+    return request.messages[-1][1]
+
+
+def policy(good: bool):
+    """Answers math right on every item (good) or every other item, code with the canonical solution
+    (good) or a stub, open instructions at length (good) or briefly."""
+    math_items = {item["question"]: (i, item["answer"]) for i, item in enumerate(eval_sets.load("math", LIMIT))}
+    code_items = {item["prompt"]: item for item in eval_sets.load("code", LIMIT)}
+
+    def answer(request: Request) -> str:
+        text = user_text(request)
+        if text in math_items:
+            i, gold = math_items[text]
+            return f"The answer is {gold}." if good or i % 2 else "The answer is 123456."
+        for prompt, item in code_items.items():
+            if prompt in text:
+                body = item["canonical_solution"] if good else "    return None\n"
+                return f"```python\n{prompt}{body}```"
+        return "A careful, complete answer. " * (8 if good else 1)
+    return answer
+
+
+def longer_answer_judge(request: Request) -> str:
+    """A judge that prefers the longer answer: blind, so it must read both from the prompt."""
+    text = user_text(request)
+    first = re.search(r"\[Answer A\]\n(.*?)\n\n\[Answer B\]", text, re.S).group(1)
+    second = re.search(r"\[Answer B\]\n(.*?)\n\nReply with", text, re.S).group(1)
+    return "Verdict: A" if len(first) > len(second) else "Verdict: B" if len(second) > len(first) else "Verdict: tie"
+
+
+class LengthReward:
+    name = "length"
+
+    def score(self, prompts, responses, references=None):
+        return [len(r) / 100 for r in responses]
+
+
+@pytest.fixture
+def fakes():
+    doubles = {"policy": FakeLLM(policy(True), "policy"), "start": FakeLLM(policy(False), "start"),
+               "judge": FakeLLM(longer_answer_judge, "judge")}
+    return doubles, {name: install_fake(llm, name) for name, llm in doubles.items()}
+
+
+def test_every_task_writes_complete_outputs(fakes, tmp_path):
+    doubles, models = fakes
+    cfg = EvalConfig(model="policy", baseline="start", judge="judge", reward="length", limit=LIMIT,
+                     tasks=["math", "code", "judge", "reward"], output=str(tmp_path), models=models)
+    cfg.cache.enabled = False
+    results = evaluate(cfg, reward_scorer=LengthReward())
+    tasks = results["tasks"]
+    assert tasks["math"]["model"]["value"] == 1.0 and tasks["math"]["baseline"]["value"] == 0.5
+    assert tasks["math"]["difference"]["value"] == 0.5 and tasks["math"]["model"]["n"] == LIMIT
+    assert tasks["code"]["model"]["value"] == 1.0 and tasks["code"]["baseline"]["value"] == 0.0
+    judge = tasks["judge"]
+    assert judge["win_rate"]["value"] == 1.0 and judge["order_consistency"]["value"] == 1.0
+    assert judge["position_bias"]["value"] == 0.0 and judge["verdicts"]["unreadable"] == 0
+    assert tasks["reward"]["difference"]["value"] > 0
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["tasks"]["judge"]["win_rate"] == judge["win_rate"]
+    for figure in (on_disk["tasks"]["math"]["model"], judge["win_rate"], judge["length_controlled_win_rate"]):
+        assert {"value", "low", "high", "n"} <= set(figure)
+    rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    for task in ("math", "code", "judge", "reward"):
+        assert len([r for r in rows if r["task"] == task]) == LIMIT
+    for row in rows:
+        if row["task"] == "judge":
+            assert row["answer_model"] and row["answer_baseline"] and row["reply_ab"] and row["reply_ba"]
+            assert row["verdict_ab"] == "A" and row["verdict_ba"] == "B"  # the longer answer, in both orders
+        if row["task"] == "math":
+            assert {"prompt", "reference", "answer_model", "correct_model", "answer_baseline", "correct_baseline"} <= set(row)
+    html = (tmp_path / "report.html").read_text()
+    for picture in ("accuracy.png", "judge.png", "lengths.png", "reward.png"):
+        assert (tmp_path / picture).stat().st_size > 5000 and picture in html
+
+
+def test_every_pair_is_judged_in_both_orders(fakes, tmp_path):
+    doubles, models = fakes
+    cfg = EvalConfig(model="policy", baseline="start", judge="judge", limit=LIMIT, tasks=["judge"],
+                     output=str(tmp_path), models=models)
+    cfg.cache.enabled = False
+    evaluate(cfg)
+    prompts = [user_text(r) for r in doubles["judge"].calls]
+    assert len(prompts) == 2 * LIMIT
+    long_answer, short_answer = policy(True)(Request.chat("x")), policy(False)(Request.chat("x"))
+    for item in eval_sets.load("judge", LIMIT):
+        shown = [p for p in prompts if f"[Instruction]\n{item['instruction']}\n" in p]
+        assert len(shown) == 2
+        orders = {p.index(long_answer) < p.index(short_answer + "\n\n[Answer B]") for p in shown}
+        assert orders == {True, False}  # once with the model first, once with the baseline first
+
+
+def test_cli_with_a_models_config_prints_one_summary_line(fakes, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"models": {name: {"backend": "fake", "model": name}
+                                                 for name in ("policy", "judge")}}))
+    out = tmp_path / "out"
+    code = eval_cli.main(["--config", str(config), "--model", "policy", "--baseline", "policy", "--judge", "judge",
+                          "--tasks", "math,judge", "--limit", "4", "--output", str(out), "--no_cache"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eval policy vs policy: math 100.0%") and "judge win rate 50.0%" in lines[0]
+    assert (out / "results.json").is_file() and (out / "report.html").is_file()
