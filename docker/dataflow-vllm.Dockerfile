@@ -1,9 +1,18 @@
-# Dataflow worker image for synthpost on GPU workers: CUDA vLLM + Beam SDK + this project.
+# syntax=docker/dockerfile:1
+# Dataflow worker image for synthpost on GPU workers: CUDA vLLM + Beam SDK + this project
+# (+ model weights, if asked: MODELS below).
 #
 # Build and push (from the repository root; not buildable on the CPU dev machines):
 #   docker build -f docker/dataflow-vllm.Dockerfile -t REGION-docker.pkg.dev/PROJECT/REPO/synthpost-vllm:0.1 .
 #   docker push REGION-docker.pkg.dev/PROJECT/REPO/synthpost-vllm:0.1
 # Use it with: --sdk_container_image=REGION-docker.pkg.dev/PROJECT/REPO/synthpost-vllm:0.1
+#
+# Weights baked in (no download on any worker; ~15 GB per 7B model in the image):
+#   docker build --build-arg MODELS="Qwen/Qwen2.5-7B-Instruct Qwen/Qwen2.5-Math-7B-Instruct" \
+#     --secret id=hf_token,env=HF_TOKEN -f docker/dataflow-vllm.Dockerfile -t IMAGE .
+# puts each hub repo in /opt/models/<name> (config: `model: /opt/models/Qwen2.5-7B-Instruct`, a local
+# directory, so the server runs offline). The token (for gated models) is a build secret: it is
+# never stored in a layer.
 #
 # The Beam version here must equal the launcher's (requirements/cpu.lock: apache-beam 2.77.0)
 # and the Python minor version must match too (3.11).
@@ -25,6 +34,14 @@ RUN pip install --no-cache-dir --upgrade pip && \
     pip install --no-cache-dir "vllm==0.33.0" "apache-beam[gcp]==2.77.0" \
         "trl==1.16.0" "datasets==5.2.0" "accelerate==1.15.0" "openai>=3,<4" \
         "datasketch==2.0.0" "math-verify==0.9.0" "matplotlib==3.11.2" "pyyaml==6.0.3" "psutil==7.2.2"
+
+# Weights before the project code: editing the code does not invalidate (and re-download) this layer.
+ARG MODELS=""
+RUN --mount=type=secret,id=hf_token,required=false \
+    for repo in ${MODELS}; do \
+        HF_TOKEN="$(cat /run/secrets/hf_token 2>/dev/null)" \
+            hf download "$repo" --local-dir "/opt/models/${repo##*/}" --exclude "original/*" || exit 1; \
+    done
 
 COPY pyproject.toml README.md /opt/synthpost/
 COPY pipelines /opt/synthpost/pipelines

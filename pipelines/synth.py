@@ -43,7 +43,7 @@ from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
 from datagen.stage import CALLS_NAMESPACE
 import posttrain  # noqa: F401 - registers posttrain's model aliases (tiny-hunyuan-moe) for `models:`
-from pipelines import push
+from pipelines import dataflow, push
 from pipelines.synth_config import SynthConfig
 
 log = logging.getLogger("synthpost")
@@ -178,7 +178,8 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
 
 
 def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
-    options = PipelineOptions(beam_args, save_main_session=False)
+    managed = any(cfg.models[name].backend == "vllm" for _, name in cfg.model_references())
+    options = PipelineOptions(dataflow.with_worker_options(beam_args, managed), save_main_session=False)
     started = time.monotonic()
     used = preflight(cfg, runs_on_this_machine(options))
     if runs_in_this_process(options):
@@ -216,11 +217,12 @@ def dry_run_summary(result: Any, options: PipelineOptions) -> dict[str, Any]:
         "container_images": images,
         "transforms": sorted(t.unique_name for t in components.transforms.values()),
         "dataflow_service_options": every.get("dataflow_service_options") or [],
-        "machine_type": every.get("machine_type"),
+        **dataflow.job_environment(result, options),  # experiments, machine type, disk: as submitted
     }
     summary: dict[str, Any] = {"dry_run": "Dataflow job translated, not submitted",
                                "transforms": len(translated["transforms"]), "container_images": images,
-                               "service_options": translated["dataflow_service_options"]}
+                               "service_options": translated["dataflow_service_options"],
+                               "experiments": translated["experiments"]}
     job_file = every.get("dataflow_job_file")
     if job_file:
         with open(job_file, "w", encoding="utf-8") as f:

@@ -131,9 +131,13 @@ def _unknown(name: str, what: str) -> str:
 
 
 def resolve_model(name: str) -> str:
-    """An alias, a local directory, or a hub id (`org/name`) → what loaders accept."""
+    """An alias, a local directory, a gs://… directory, or a hub id (`org/name`) → what loaders accept."""
     if name in _ALIASES:
         return str(prepare(name))
+    if "://" in name:  # copied to local disk once per machine (Dataflow workers: from GCS)
+        from datagen.inference.remote_models import fetch_model
+
+        return fetch_model(name, cache_dir())
     built = _built(name)
     if built is not None:  # an alias registered elsewhere (this process never imported its layer)
         return str(built)
