@@ -27,6 +27,26 @@ fi
 # does, without a build step), so `accelerate launch posttrain/sft.py` and benchmarks/ find our
 # packages. Written on every run: cheap, and it follows the checkout if the repo moves.
 "$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/synthpost.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
+# ...and its distribution metadata with pyproject.toml's entry points (what an install would write):
+# vLLM finds our plugin (group vllm.general_plugins) there, in every process it starts.
+"$VENV/bin/python" - "$PWD" <<'PY'
+import shutil, site, sys, tomllib
+from pathlib import Path
+
+project = tomllib.loads((Path(sys.argv[1]) / "pyproject.toml").read_text())["project"]
+packages = Path(site.getsitepackages()[0])
+for old in packages.glob("synthpost-*.dist-info"):
+    shutil.rmtree(old)
+info = packages / f"synthpost-{project['version']}.dist-info"
+info.mkdir()
+(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+(info / "INSTALLER").write_text("scripts/setup.sh\n")
+(info / "entry_points.txt").write_text("".join(
+    f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items()) + "\n"
+    for group, points in project.get("entry-points", {}).items()))
+files = ["METADATA", "INSTALLER", "entry_points.txt", "RECORD"]  # RECORD lets pip uninstall it
+(info / "RECORD").write_text("".join(f"{info.name}/{f},,\n" for f in files) + "synthpost.pth,,\n")
+PY
 
 # Convert the embedded GGUF into an HF safetensors directory once (cached).
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pipelines.models prepare

@@ -98,6 +98,8 @@ class HunYuanConfig(PreTrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.moe_intermediate_size is None:  # written out: vLLM's MoE backend reads this key first
+            self.moe_intermediate_size = self.intermediate_size
         super().__post_init__(**kwargs)
         self.check()
 
