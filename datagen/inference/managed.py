@@ -80,7 +80,11 @@ class ManagedVLLM(OpenAIEndpointLLM):
             max_concurrency=cfg.max_concurrency, request_timeout=cfg.request_timeout,
             max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds, recover=self._recover)
         if start_now:
-            self.start().result()
+            try:
+                self.start().result()
+            except BaseException:
+                self.close()  # the client's loop thread too
+                raise
 
     def start(self) -> "cf.Future[None]":
         """Start the server in the background, once; the future is done when it is ready."""
