@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+import posttrain  # noqa: F401 - registers posttrain's model aliases (smollm2-moe, tiny-hunyuan-moe)
 from datagen.config import ConfigError, format_keys, load_config
 from datagen.inference.base import InferenceError
 from pipelines.evaluation import EvalConfig, evaluate
@@ -57,9 +58,8 @@ def parse_args(argv: list[str]) -> EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [eval] %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "openai", "matplotlib", "datagen", "apache_beam", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s [eval] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("synthpost.eval").setLevel(logging.INFO)  # our progress lines; others only warn
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)

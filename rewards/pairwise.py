@@ -76,8 +76,10 @@ _EXPLICIT = [
     re.compile(r"\[\[\s*(?P<v>A|B|C|tie)\s*\]\]", re.I),
     re.compile(r"(判断|结论|裁决)\s*[:：]\s*(?P<v>A|B|平局)", re.I),
 ]
-_BETTER = re.compile(r"(answer|response|assistant|option|回答|答案)\s*(?P<v>A|B)(?![A-Za-z])[^.\n。]{0,40}?"
+_BETTER = re.compile(r"(answer|response|assistant|option|回答|答案)\s*[\"'“”‘’]?(?P<v>A|B)(?![A-Za-z])[\"'“”‘’]?[^.\n。]{0,40}?"
                      r"(is|was|seems|looks|更好|较好)?\s*(better|superior|preferred|more helpful|wins|更好|较好)", re.I)
+_LETTER_BETTER = re.compile(r"(^|[.\n]\s*)[\"'“”]?(?P<v>A|B)[\"'“”]?\s+is\s+(the\s+)?(better|superior|preferred|"
+                            r"more helpful)", re.I)
 _PREFER = re.compile(r"\b(prefer|choose|pick|select)\s+(answer\s+|response\s+)?(?P<v>A|B)\b", re.I)
 _TIE = re.compile(r"\b(it'?s a tie|both (answers |responses )?are (equally )?(good|bad|correct|helpful|similar)|"
                   r"neither is better)\b|平局|同样好|一样好", re.I)
@@ -99,7 +101,7 @@ def parse_verdict(reply: str) -> Verdict | None:
     bare = _BARE.match(first_line)
     if bare:
         return _normal(bare.group("v"))
-    picks = {_normal(m.group("v")) for p in (_BETTER, _PREFER) for m in p.finditer(text)}
+    picks = {_normal(m.group("v")) for p in (_BETTER, _LETTER_BETTER, _PREFER) for m in p.finditer(text)}
     tie = bool(_TIE.search(text))
     if len(picks) == 1 and not tie:
         return picks.pop()

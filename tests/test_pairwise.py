@@ -21,6 +21,9 @@ from fakes import FakeLLM
     ("Answer A is better because it is correct.", "A"),
     ("I think response B is more helpful.", "B"),
     ("I prefer B.", "B"),
+    ('The answer "A" is better.', "A"),
+    ("B is the better answer.", "B"),
+    ("A\n\nA is better.", "A"),
     ("Both answers are equally good.", "tie"),
     ("It's a tie.", "tie"),
     ("判断：A", "A"),
@@ -38,6 +41,8 @@ def test_parser_reads_what_judges_write(reply, verdict):
     "The answer is 42.",  # a small judge answering the question instead
     "As an AI language model I cannot decide.",
     "Answer A is better, but both are equally good.",  # a pick and a tie at once
+    "A is better. B is better.",
+    "A simple example of a statistical test is the F-test.",  # "A" as an article, not a verdict
 ])
 def test_unreadable_replies_are_none_not_guessed(reply):
     assert parse_verdict(reply) is None

@@ -86,9 +86,13 @@ def lengths_chart(rows: list[dict], roles: dict, path: Path) -> None:
     """Answer lengths of both models on the judge instructions: the length-control term's input."""
     judge_rows = [r for r in rows if r["task"] == "judge"]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for side in ("model", "baseline"):
-        ax.hist([r[f"length_{side}"] for r in judge_rows], bins=20, alpha=0.6, color=COLORS[side],
-                label=f"{side}: {roles.get(side, '')}")
+    lengths = {side: [r[f"length_{side}"] for r in judge_rows] for side in ("model", "baseline")}
+    top = max(max(v, default=0) for v in lengths.values()) or 1
+    bins = [top * i / 20 for i in range(21)]
+    for side, style in (("model", {"alpha": 0.7}), ("baseline", {"histtype": "step", "lw": 2})):
+        ax.hist(lengths[side], bins=bins, color=COLORS[side] if side == "model" else "#555",
+                label=f"{side}: {roles.get(side, '')}", **style)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("answer length (characters)")
     ax.set_ylabel("instructions")
     ax.legend(fontsize=8)

@@ -72,17 +72,25 @@ def figures(results: dict) -> list[tuple[str, str, dict]]:
     return rows
 
 
-def _fmt(est: dict, percent: bool) -> tuple[str, str]:
+def _fmt(est: dict, kind: str) -> tuple[str, str]:
+    """(value, interval) as text. kind: percent (shares), points (differences of shares, signed),
+    signed (bias, reward differences), number (rewards)."""
     if est.get("value") is None:
         return "n/a", ""
-    if percent:
-        return f"{est['value'] * 100:.1f}%", f"[{est['low'] * 100:.1f}, {est['high'] * 100:.1f}]"
-    return f"{est['value']:+.3f}" if "difference" in est.get("method", "") else f"{est['value']:.3f}", \
-        f"[{est['low']:.3f}, {est['high']:.3f}]"
+    scale = 100 if kind in ("percent", "points") else 1
+    sign = "+" if kind in ("points", "signed") else ""
+    digits = 1 if scale == 100 else 3
+    unit = {"percent": "%", "points": " pts"}.get(kind, "")
+    value = f"{est['value'] * scale:{sign}.{digits}f}{unit}"
+    return value, f"[{est['low'] * scale:.{digits}f}, {est['high'] * scale:.{digits}f}]"
 
 
-def _is_percent(task: str, name: str) -> bool:
-    return task != "reward" or name == "win rate"
+def _kind(task: str, name: str) -> str:
+    if "position bias" in name:
+        return "signed"
+    if task == "reward":
+        return "percent" if "win rate" in name else "signed" if "difference" in name else "number"
+    return "points" if "difference" in name else "percent"
 
 
 def render_html(results: dict, pictures: list[str]) -> str:
@@ -91,7 +99,7 @@ def render_html(results: dict, pictures: list[str]) -> str:
     table = "".join(
         f"<tr><td>{esc(task)}</td><td>{esc(name)}</td><td>{v}</td><td>{ci}</td><td>{est.get('n', 0)} "
         f"{esc(est.get('unit', ''))}</td><td>{esc(est.get('method', ''))}</td></tr>"
-        for task, name, est in figures(results) for v, ci in [_fmt(est, _is_percent(task, name))])
+        for task, name, est in figures(results) for v, ci in [_fmt(est, _kind(task, name))])
     notes = []
     if "judge" in results["tasks"]:
         v = results["tasks"]["judge"]["verdicts"]
@@ -120,18 +128,18 @@ def summary_line(results: dict, output: str) -> str:
     for task, label in (("math", "math"), ("code", "code pass@1")):
         if task in tasks:
             est = tasks[task]["model"]
-            value, ci = _fmt(est, True)
+            value, ci = _fmt(est, "percent")
             parts.append(f"{label} {value} {ci} n={est['n']}")
     if "judge" in tasks:
         j = tasks["judge"]
-        value, ci = _fmt(j["win_rate"], True)
-        lc, _ = _fmt(j["length_controlled_win_rate"], True)
+        value, ci = _fmt(j["win_rate"], "percent")
+        lc, _ = _fmt(j["length_controlled_win_rate"], "percent")
         bias = j["position_bias"]["value"]
         parts.append(f"judge win rate {value} {ci} (LC {lc}, position bias "
                      f"{'n/a' if bias is None else f'{bias:+.2f}'}, {j['verdicts']['unreadable']} unreadable "
                      f"of {j['verdicts']['judged']})")
     if "reward" in tasks:
-        value, ci = _fmt(tasks["reward"]["model_mean"], False)
+        value, ci = _fmt(tasks["reward"]["model_mean"], "number")
         parts.append(f"reward {value} {ci}")
     against = f" vs {results['roles']['baseline']}" if "baseline" in results["roles"] else ""
     return f"eval {results['roles']['model']}{against}: " + " · ".join(parts) + f" → {output}"

@@ -22,9 +22,9 @@ log = logging.getLogger("synthpost.eval")
 
 def load_reward_scorer(name: str):
     """A sequence-classification reward model by directory, alias or hub id (ValueError if it cannot load)."""
-    from rewards.scoring import ClassifierScorer
+    from rewards.scoring import RewardConfig, build_scorer
 
-    return ClassifierScorer.from_pretrained(name)
+    return build_scorer(RewardConfig(kind="classifier", model=name))
 
 
 def evaluate(cfg: EvalConfig, reward_scorer: Any = None, stop_servers: bool = True) -> dict[str, Any]:
