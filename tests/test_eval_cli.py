@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +34,26 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, message, capsys):
     assert eval_cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line_and_exit_2(tmp_path, capsys):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    args = ["--model", str(broken), "--tasks", "math", "--limit", "1", "--backend", "transformers", "--no_cache",
+            "--output", str(tmp_path / "out")]
+    assert eval_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot load model {broken}" in err
+
+
+def test_the_shipped_config_loads_and_names_its_roles():
+    from datagen.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs/eval/cpu.yaml"
+    cfg = load_config(EvalConfig, path, ["--models.policy.backend", "transformers"])
+    assert cfg.chosen_tasks() == ["math", "code", "judge"]
+    assert cfg.models["policy"].backend == "transformers" and cfg.models["start"] == cfg.models["judge"]
 
 
 def test_help_lists_every_option(capsys):

@@ -40,11 +40,10 @@ def generate(model: ModelConfig, requests: Sequence[Request], label: str, every:
     if not requests:
         return []
     started = time.monotonic()
-    log.info("%s: %d requests to %s (%s backend; a server starts on first use)", label, len(requests),
-             model.name, model.backend)
+    log.info("%s: %d requests to %s (%s backend)", label, len(requests), model.name, model.backend)
     llm = registry.get_llm(model)
     if time.monotonic() - started > 1:
-        log.info("%s is ready (%.0f s)", model.name, time.monotonic() - started)
+        log.info("%s loaded or started in %.0f s", model.name, time.monotonic() - started)
     futures = [llm.submit(r) for r in requests]
     pending = set(futures)
     while pending:
