@@ -274,6 +274,20 @@ def test_aux_loss_is_returned_and_in_the_loss_once():
     assert model.model.layers[0].mlp.gate.wg.weight.grad.abs().sum() > 0
 
 
+def test_trl_fused_head_and_our_forward_agree_on_the_loss():
+    """TRL's SFT/DPO score through a fused LM head on the backbone and add the aux loss themselves;
+    our forward adds it for everyone else. Same loss either way, the aux loss in it once."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = tiny_model(output_router_logits=True, router_aux_loss_coef=0.1)
+    ids = torch.randint(3, 96, (2, 9))
+    own = model(ids, labels=ids)
+    add_fused_lm_head(model)
+    fused = model(ids, labels=ids, fused_lm_head=True)
+    torch.testing.assert_close(fused.aux_loss, own.aux_loss)
+    torch.testing.assert_close(fused.loss, own.loss)
+
+
 def test_lead_moe_helpers_see_the_native_fields():
     from posttrain.dropout import native_hidden_dropout_field
     from posttrain.param_groups import param_group_of
