@@ -17,9 +17,10 @@ from posttrain.rm_refresh import RefreshConfig
 from rewards.scoring import RewardConfig
 
 FIXED = {
-    "router_aux_loss_coef": "from moe.router_aux_loss_coef", "save_strategy": "at the end of online rounds",
+    "router_aux_loss_coef": "from moe.router_aux_loss_coef", "save_strategy": "every save_steps",
     "save_total_limit": "keep_checkpoints: only complete checkpoints count", "report_to": "from report_to",
-    "ignore_data_skip": "every round trains its own pairs from their start", "data_seed": "from seed",
+    "ignore_data_skip": "a resume skips the slots already trained", "data_seed": "from seed",
+    "precompute_ref_log_probs": "online pairs are new every round",
     "push_to_hub": "not during training", "dataloader_pin_memory": "on when CUDA is there",
 }
 
@@ -61,7 +62,9 @@ class DPORunConfig:
     gradient_checkpointing: bool = option(False, "trade compute for memory on big models")
     bf16: bool = option(False, "bfloat16 mixed precision (GPUs; leave off on CPU)")
     logging_steps: int = option(1, "optimizer steps between log lines / TensorBoard points")
-    keep_checkpoints: int = option(2, "complete round checkpoints kept on disk")
+    save_steps: int = option(0, "optimizer steps between checkpoints (only for resume: weights reach the "
+                                "sampler without them); 0 = at the end of every online round")
+    keep_checkpoints: int = option(2, "complete checkpoints kept on disk")
     resume: str = option("auto", "auto = newest finished round in output_dir if any; never; or a checkpoint path")
     report_to: str = option("tensorboard", "tensorboard (offline, DIR/runs/dpo) | none | any transformers integration")
     seed: int = option(42, "data order and mixing; online sampling uses seed + round index")
@@ -74,6 +77,8 @@ class DPORunConfig:
 
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (online rounds split a step budget), got {self.max_steps}")
+        if self.save_steps < 0:
+            raise ValueError(f"save_steps must be >= 0, got {self.save_steps}")
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
                              f"({self.max_length}) so every answer keeps at least one token")
@@ -82,6 +87,10 @@ class DPORunConfig:
         if self.rm_refresh.enabled and self.reward.kind != "classifier":
             raise ValueError("rm_refresh needs reward.kind: classifier (only a reward model can be retrained)")
         self.trl_args = check_trl_args(DPOConfig, self.trl_args, self, FIXED)
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.save_steps or self.online.steps_per_round
 
     @property
     def uses_online(self) -> bool:

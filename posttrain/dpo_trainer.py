@@ -1,11 +1,15 @@
 """One-stage DPO after the Hunyuan-Large report: offline + online best/worst-of-N pairs, SFT loss, EMA.
 
-The run is a sequence of online rounds. Each round (posttrain/online/) samples N answers per
-prompt from the current policy, scores them with the reward (rewards/), keeps the best and worst
-as a pair unless the margin is too small (skips are counted), and mixes those pairs with offline
-ones at `online.ratio`; then one DPOTrainer phase trains `online.steps_per_round` optimizer steps
-on them and checkpoints. Every phase resumes the previous one's checkpoint, so optimizer, LR
-schedule and step carry over; a killed run resumes from its last finished round.
+The run is a sequence of online rounds trained by **one** DPOTrainer, built once and trained once
+over all `max_steps`. At the first step of each round a callback (posttrain/dpo_rounds.py) syncs
+the policy's weights into the run's live vLLM engine (`online.backend: vllm`, started once,
+posttrain/online/engine.py), samples N answers per prompt, scores them with the reward (rewards/),
+keeps the best and worst as a pair unless the margin is too small (skips are counted), mixes those
+pairs with offline ones at `online.ratio` (posttrain/online/), and hands the rows to the trainer
+through slots (posttrain/online/feed.py): the dataset holds slot numbers, a slot becomes a row of
+the current round in `training_step`. Optimizer, LR schedule, TRL's loss, logging and callbacks
+simply continue; checkpoints are written every `save_steps` for resume only, and a killed run
+resumes from its last complete checkpoint, in the round it was in, with that round's rows.
 
 The loss is TRL's `loss_type: [sigmoid, sft]` (DPO plus NLL on the chosen answer) with
 `loss_weights`, plus the MoE router aux loss (posttrain/moe.py; logged as `aux_loss`). An EMA of
@@ -15,9 +19,11 @@ statistics, margins, KL to the reference, pairs skipped by reason (also in `DIR/
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import time
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,21 +31,24 @@ from typing import Callable
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import TrainerCallback
+from torch.utils.data import SequentialSampler
 from trl import DPOConfig, DPOTrainer
 
-from datagen.config import to_dict
+from datagen.config import ConfigError, to_dict
 from posttrain.cards import write_model_card
 from posttrain.checkpoints import CommitCheckpoint, find_checkpoint
 from posttrain.data import DataReport
 from posttrain.dpo_config import DPORunConfig
-from posttrain.dpo_state import (RoundStateCallback, make_reference, read_round_rows, remove_fused_head, restore,
-                                 round_plan, rows_per_round, write_round_log)
+from posttrain.dpo_rounds import RoundDriver, policy_is_sharded
+from posttrain.dpo_state import RoundStateCallback, make_reference, restore, round_plan, rows_per_step
 from posttrain.ema import EMACallback
-from posttrain.models import load_policy, load_tokenizer
+from posttrain.models import load_policy, load_tokenizer, resolve_name
 from posttrain.moe import is_moe
+from posttrain.online.engine import PolicyEngine
+from posttrain.online.feed import RoundFeed, slot_dataset
 from posttrain.online.prompts import load_online_prompts
-from posttrain.online.rounds import OnlineRounds, RoundData
+from posttrain.online.weights import shared_memory_dir
+from posttrain.online.rounds import OnlineRounds
 from posttrain.pairs import load_preference_pairs
 from posttrain.param_groups import MoETrainerMixin
 from posttrain.rm_refresh import RewardRefresher
@@ -51,9 +60,57 @@ log = logging.getLogger("posttrain.dpo")
 
 class MoEDPOTrainer(MoETrainerMixin, DPOTrainer):
     """DPOTrainer with MoE parameter groups, an expert-safe resume, the round's stats in its first
-    log line, and a guard that stops with a clear error instead of training on a non-finite loss."""
+    log line, a guard that stops with a clear error instead of training on a non-finite loss, and
+    slots: given a `feed` (posttrain/online/feed.py) its dataset holds slot numbers, read in order,
+    that become the current round's rows in `training_step`."""
 
-    round_stats: dict | None = None
+    def __init__(self, *args, feed: RoundFeed | None = None, **kwargs):
+        self.feed = feed
+        self.round_stats: dict | None = None
+        super().__init__(*args, **kwargs)
+        self.pair_collator = self.data_collator  # TRL's padding collator, used on the rows of the slots
+        if feed is not None:
+            self.data_collator = collate_slots
+
+    # ------------------------------------------------------------------ slots
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "slot" in dataset.column_names:
+            return dataset  # rows are tokenized per round (tokenize_rows)
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "slot" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "slot"]
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.feed is not None:
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def tokenize_rows(self, rows: list[dict], name: str) -> list[dict]:
+        """TRL's own tokenization of prompt/chosen/rejected rows (the same as a dataset passed in)."""
+        data = self._prepare_dataset(Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")}
+                                                        for r in rows]), self.processing_class, self.args, name)
+        return [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in data]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "slot" in inputs:
+            inputs = self.pair_collator(self.feed.rows_for(inputs["slot"].tolist()))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # ------------------------------------------------------------------ logging and the loss guard
+
+    def set_round_stats(self, stats: dict | None) -> None:
+        self.flush_round_stats()
+        self.round_stats = dict(stats) if stats else None
+
+    def flush_round_stats(self) -> None:
+        """A round that logged no line (logging_steps > its steps) logs its stats alone."""
+        if self.round_stats:
+            stats, self.round_stats = self.round_stats, None
+            self.log(stats)
 
     def log(self, logs, *args, **kwargs):
         if self.round_stats and "loss" in logs:
@@ -71,17 +128,8 @@ class MoEDPOTrainer(MoETrainerMixin, DPOTrainer):
         return result
 
 
-class StopAtStep(TrainerCallback):
-    """Ends a training phase, with a checkpoint, when the round's last step is done."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-            control.should_save = True
-        return control
+def collate_slots(examples: list[dict]) -> dict:
+    return {"slot": torch.tensor([example["slot"] for example in examples])}
 
 
 def build_dpo_args(cfg: DPORunConfig, moe_model: bool) -> DPOConfig:
@@ -89,9 +137,9 @@ def build_dpo_args(cfg: DPORunConfig, moe_model: bool) -> DPOConfig:
         DPOConfig, cfg,
         loss_type=list(cfg.loss_type), loss_weights=list(cfg.loss_weights),
         router_aux_loss_coef=cfg.moe.router_aux_loss_coef if moe_model else None,
-        save_strategy="no",  # checkpoints only at round ends (StopAtStep)
+        save_strategy="steps", save_steps=cfg.checkpoint_every,  # for resume; never the sampler's hand-off
         save_total_limit=None,  # CommitCheckpoint rotates, counting only complete checkpoints
-        ignore_data_skip=True,  # every phase trains a fresh round dataset from its start
+        ignore_data_skip=False,  # a resume skips the slots of the steps already trained
         report_to=[] if cfg.report_to in ("none", "tensorboard") else [cfg.report_to],
         data_seed=cfg.seed,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator
@@ -121,6 +169,7 @@ class DPORun:
     report: DataReport  # offline pairs
     prompt_report: DataReport | None  # online prompts, when they come from their own dataset
     round_seconds: list[dict] = field(default_factory=list)  # per round: where the time went
+    engine: PolicyEngine | None = None
 
 
 def prepare_run(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None) -> DPORun:
@@ -143,74 +192,95 @@ def prepare_run(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None) -> 
             refresh_pairs, _ = load_preference_pairs(cfg.rm_refresh.dataset, cfg.view, cfg.split, tokenizer,
                                                      cfg.max_prompt_length)
         refresher = RewardRefresher(scorer, refresh_pairs, cfg.rm_refresh)
-    rounds = OnlineRounds(cfg.online, policy, reference, tokenizer, scorer, pairs, prompts, cfg.seed, refresher,
-                          snapshot_root=str(Path(cfg.output_dir) / "rounds"))
+    rounds = OnlineRounds(cfg.online, policy, reference, tokenizer, scorer, pairs, prompts, cfg.seed, refresher)
     return DPORun(policy, reference, tokenizer, rounds, report, prompt_report)
 
 
 def train(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None, callbacks=None,
           on_round: Callable[[int, dict], None] | None = None) -> dict:
-    """Run all rounds and export the final model; returns a summary.
+    """Run all rounds with one trainer and export the final model; returns a summary.
 
     `policy`, `tokenizer` and `scorer` may be passed in (tests build them in memory); `callbacks`
-    are added to every phase's trainer; `on_round(index, seconds)` hears where each round's time
-    went (benchmarks time the shipped loop through it)."""
+    are added to the trainer; `on_round(index, seconds)` hears where each round's time went
+    (benchmarks time the shipped loop through it). The vLLM engine, if any, is stopped on the way
+    out, whatever the way (end, error, Ctrl-C)."""
     process = PartialState()
-    run = prepare_run(cfg, policy, tokenizer, scorer)
+    checkpoint = find_checkpoint(cfg.output_dir, cfg.resume)
+    engine = None
+    try:
+        if policy is None:  # start the engine's cold start now: it overlaps with loading everything else
+            engine = start_engine(cfg, checkpoint, process)
+        run = prepare_run(cfg, policy, tokenizer, scorer)
+        if policy is not None:
+            engine = start_engine(cfg, checkpoint, process, snapshot_of=run)
+        run.engine = run.rounds.engine = engine
+        return train_rounds(cfg, run, checkpoint, engine, callbacks, on_round, process)
+    finally:
+        if engine is not None:
+            engine.stop()
+
+
+def train_rounds(cfg: DPORunConfig, run: DPORun, checkpoint: Path | None, engine: PolicyEngine | None,
+                 callbacks, on_round, process) -> dict:
     policy, reference, rounds = run.policy, run.reference, run.rounds
     ema = EMACallback(cfg.ema) if cfg.ema.enabled else None
-    board = tensorboard_callback(cfg)
     plan = round_plan(cfg.max_steps, cfg.online.steps_per_round)
+    restored = restore(checkpoint, plan, policy, reference, rounds, ema) if checkpoint else None
+    feed = RoundFeed(rows_per_step(cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                                   process.num_processes))
 
-    checkpoint = find_checkpoint(cfg.output_dir, cfg.resume)
-    first = restore(checkpoint, plan, policy, reference, rounds, ema) if checkpoint else 0
-    trainer = None
-    for index in range(first, len(plan)):
-        start, end = plan[index]
-        seconds, stats, round_began = {}, None, time.perf_counter()
-        if process.is_main_process:  # sampling and scoring once; every rank reads the same rows
-            data = rounds.build(index, rows_per_round(end - start, cfg.per_device_train_batch_size,
-                                                      cfg.gradient_accumulation_steps, process.num_processes),
-                                policy_dir=str(checkpoint) if checkpoint else "")
-            write_round_log(cfg.output_dir, index, data)
-            log.info("round %d: %s", index, _brief(data))
-            stats, seconds = data.stats, dict(data.seconds)
-        process.wait_for_everyone()
-        clock = time.perf_counter()
-        phase_callbacks = [cb for cb in (ema, board) if cb is not None] + list(callbacks or []) + [
-            StopAtStep(end), RoundStateCallback(index, end, rounds, reference, cfg.sync_ref_model)]
-        trainer = MoEDPOTrainer(model=policy, ref_model=reference, args=build_dpo_args(cfg, is_moe(policy)),
-                                train_dataset=Dataset.from_list(read_round_rows(cfg.output_dir, index)),
-                                processing_class=run.tokenizer, moe_config=cfg.moe, callbacks=phase_callbacks)
-        trainer.add_callback(CommitCheckpoint(cfg.keep_checkpoints))  # last: after the round and EMA state
-        seconds["trainer_build"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        train_phase(trainer, checkpoint, stats)
-        seconds["update"] = time.perf_counter() - clock
-        remove_fused_head(policy, reference)
-        checkpoint = Path(cfg.output_dir) / f"checkpoint-{end}"
-        process.wait_for_everyone()
-        seconds["round"] = time.perf_counter() - round_began
+    def heard(index: int, seconds: dict) -> None:
         run.round_seconds.append(seconds)
         if on_round is not None:
             on_round(index, seconds)
+
+    driver = RoundDriver(cfg.output_dir, plan, feed, rounds, engine=engine,
+                         engine_step=checkpoint_step(checkpoint), restored=restored, on_round=heard)
+    trainer = MoEDPOTrainer(
+        model=policy, ref_model=reference, args=build_dpo_args(cfg, is_moe(policy)),
+        train_dataset=slot_dataset(cfg.max_steps * feed.rows_per_step), processing_class=run.tokenizer,
+        moe_config=cfg.moe, feed=feed,
+        callbacks=[driver] + [cb for cb in (ema, tensorboard_callback(cfg)) if cb is not None] + list(callbacks or [])
+        + [RoundStateCallback(feed, rounds, reference, cfg.sync_ref_model)])
+    trainer.add_callback(CommitCheckpoint(cfg.keep_checkpoints))  # last: after the round and EMA state
+    driver.trainer = trainer
+    if cfg.online.backend == "transformers" and cfg.uses_online and policy_is_sharded(trainer):
+        raise ConfigError("online.backend transformers samples in the trainer's process, but FSDP / ZeRO-3 "
+                          "shard the policy: use online.backend vllm")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return export(cfg, run, trainer, ema, process)
 
 
-def train_phase(trainer, checkpoint: Path | None, round_stats: dict | None) -> None:
-    """One round of optimizer steps, continuing the previous round's checkpoint."""
-    trainer.round_stats = dict(round_stats) if round_stats else None
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if trainer.round_stats:  # the phase logged no line (logging_steps > its steps): log the round alone
-        trainer.log(trainer.round_stats)
+def checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
-def _brief(data: RoundData) -> str:
-    keys = ("online/pairs", "online/pairs_skipped", "mix/online_pairs", "mix/offline_pairs", "reward/mean",
-            "online/kl_to_reference")
-    parts = [f"{k.split('/')[-1]}={data.stats[k]:.4g}" for k in keys if k in data.stats]
-    parts += [f"{k}={v:.1f}s" for k, v in data.seconds.items() if v]
-    return " ".join(parts)
+def start_engine(cfg: DPORunConfig, checkpoint: Path | None, process, snapshot_of: DPORun | None = None):
+    """The run's one vLLM engine (main process only), launched in the background on the policy's
+    weights: the resumed checkpoint, else the model directory, else a snapshot of an in-memory policy."""
+    if not (cfg.uses_online and cfg.online.backend == "vllm" and process.is_main_process):
+        return None
+    if checkpoint is not None:
+        source = str(checkpoint)
+    elif snapshot_of is None:
+        source = resolve_name(cfg.model.name)
+    else:
+        source = tempfile.mkdtemp(prefix="policy-snapshot-", dir=shared_memory_dir())
+        snapshot_of.policy.save_pretrained(source)
+        snapshot_of.tokenizer.save_pretrained(source)
+    first = (source, checkpoint_step(checkpoint))
+
+    def last_checkpoint() -> tuple[str, int]:
+        newest = find_checkpoint(cfg.output_dir, "auto")
+        return (str(newest), checkpoint_step(newest)) if newest is not None else first
+
+    tokenizer = resolve_name(cfg.model.tokenizer) if cfg.model.tokenizer else ""
+    engine = PolicyEngine(cfg.online.vllm, source, first[1], tokenizer_dir=tokenizer,
+                          sync_timeout=cfg.online.vllm.request_timeout, restart_source=last_checkpoint,
+                          transport=cfg.online.weight_sync)
+    if snapshot_of is not None:
+        engine.on_stop(lambda: shutil.rmtree(source, ignore_errors=True))
+    return engine
 
 
 def export(cfg: DPORunConfig, run: DPORun, trainer, ema: EMACallback | None, process) -> dict:
@@ -220,18 +290,16 @@ def export(cfg: DPORunConfig, run: DPORun, trainer, ema: EMACallback | None, pro
     if exported_ema:
         ema.ema.copy_to(policy)
     out = Path(cfg.output_dir)
-    if trainer is not None:
-        trainer.save_model(cfg.output_dir)  # gathers sharded weights under FSDP / ZeRO-3
-    elif process.is_main_process:
-        policy.save_pretrained(out)
+    trainer.save_model(cfg.output_dir)  # gathers sharded weights under FSDP / ZeRO-3
     summary = {"weights": "policy EMA" if exported_ema else "last policy",
                "ema_updates": ema.ema.num_updates if exported_ema else 0,
                "pairs_skipped_total": dict(rounds.skipped_total),
                "reward_running_mean": rounds.normalizer.mean, "reward_running_std": rounds.normalizer.std,
-               "offline_pairs": report.train_rows, "round_seconds": run.round_seconds}
-    if trainer is not None:
-        summary["global_step"] = trainer.state.global_step
-        summary["last_log"] = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
+               "offline_pairs": report.train_rows, "round_seconds": run.round_seconds,
+               "global_step": trainer.state.global_step,
+               "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})}
+    if run.engine is not None:
+        summary["engine"] = dataclasses.asdict(run.engine.stats)
     if process.is_main_process:
         run.tokenizer.save_pretrained(out)
         report.write(out / "data_report.json")

@@ -127,7 +127,7 @@ def test_round_builds_pairs_from_the_best_and_worst_answers(tokenizer, monkeypat
     prompts = [{"prompt": p["prompt"], "reference": ""} for p in offline_pairs(3)]
     rounds = OnlineRounds(cfg, None, None, tokenizer, LengthScorer(), offline_pairs(6), prompts, seed=0)
     canned = [["ab", "abcd", "a"], ["nan", "nan", "xyz"], ["same", "four", "five"]]
-    monkeypatch.setattr(rounds, "sample", lambda prompts, seed, policy_dir: canned[:len(prompts)])
+    monkeypatch.setattr(rounds, "sample", lambda prompts, seed: canned[:len(prompts)])
     data = rounds.build(round_index=0, total=4)
     online = [r for r in data.rows if r["source"] == "online"]
     assert sorted((r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in online) == [("abcd", "a")]
@@ -148,20 +148,16 @@ def test_llm_sampling_sends_n_and_seed_and_survives_failures():
     assert (params.n, params.max_tokens, params.temperature, params.seed) == (3, 7, 0.9, 11)
 
 
-def test_vllm_backend_serves_the_last_checkpoint(tokenizer, tmp_path):
-    import dataclasses
-
-    from datagen.inference.registry import install
-
+def test_vllm_backend_samples_from_the_run_engine(tokenizer):
     cfg = OnlineConfig(backend="vllm", ratio=1.0, num_samples=2, prompts_per_round=1, kl_samples=0)
-    server = FakeLLM(lambda request: ["short", "a much longer answer"])
-    install(dataclasses.replace(cfg.vllm, model=str(tmp_path), served_name="policy"), server)
+    engine = FakeLLM(lambda request: ["short", "a much longer answer"])  # stands in for PolicyEngine.generate
     prompts = [{"prompt": Q, "reference": ""}]
     rounds = OnlineRounds(cfg, None, None, tokenizer, LengthScorer(), [], prompts, seed=5)
-    data = rounds.build(round_index=2, total=1, policy_dir=str(tmp_path))
+    rounds.engine = engine
+    data = rounds.build(round_index=2, total=1)
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in data.rows] == \
         [("a much longer answer", "short")]
-    assert (server.calls[0].params.n, server.calls[0].params.seed) == (2, 7)  # seed + round index
+    assert (engine.calls[0].params.n, engine.calls[0].params.seed) == (2, 7)  # seed + round index
 
 
 # --------------------------------------------------------------------------- the DPO loss
@@ -247,11 +243,11 @@ class KilledRun:
         self.theta1, self.theta2 = self.first.after_step[0], self.second.after_step[0]
 
     def build_then_die(self, build):
-        def wrapper(rounds, round_index, total, policy_dir=""):
+        def wrapper(rounds, round_index, total):
             self.built.append(round_index)
             if self.built == [0, 1]:
                 raise KeyboardInterrupt("killed while sampling round 1")
-            return build(rounds, round_index, total, policy_dir)
+            return build(rounds, round_index, total)
         return wrapper
 
 
@@ -308,6 +304,57 @@ def test_a_killed_run_resumes_from_its_last_round(killed_run, tokenizer):
                                   "online": OnlineConfig(steps_per_round=2)})
     with pytest.raises(ConfigError, match="do not reproduce"):
         dpo_trainer.train(changed, policy=tiny_policy(tokenizer), tokenizer=tokenizer, scorer=LengthScorer())
+
+
+class KillAt(TrainerCallback):
+    """Kills the run (KeyboardInterrupt) when step `step` is about to begin."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed before step {self.step}")
+
+
+def test_a_run_killed_mid_round_resumes_with_that_rounds_pairs_and_ends_like_an_uninterrupted_one(
+        tokenizer, tmp_path):
+    """2 rounds of 2 steps, a checkpoint every step: killed after step 3 (the middle of round 1), the
+    resumed run trains step 4 on round 1's rows from the checkpoint, without sampling again."""
+    def run(out, callbacks=()):
+        cfg = run_config(tmp_path, output_dir=str(out), max_steps=4, save_steps=1, keep_checkpoints=1,
+                         online=OnlineConfig(steps_per_round=2, num_samples=3, prompts_per_round=2,
+                                             max_new_tokens=6, margin=0.0, kl_samples=0))
+        return dpo_trainer.train(cfg, policy=tiny_policy(tokenizer), tokenizer=tokenizer, scorer=LengthScorer(),
+                                 callbacks=list(callbacks))
+
+    built = []
+    with pytest.MonkeyPatch.context() as patch:
+        build = OnlineRounds.build
+        patch.setattr(OnlineRounds, "build", lambda rounds, index, total: built.append(index) or
+                      build(rounds, index, total))
+        whole = run(tmp_path / "whole")
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "killed", [KillAt(3)])
+        resumed = run(tmp_path / "killed")
+    assert built == [0, 1, 0, 1]  # the resumed run sampled nothing: round 1's rows came from checkpoint-3
+    assert resumed["global_step"] == whole["global_step"] == 4
+    assert resumed["last_log"]["loss"] == pytest.approx(whole["last_log"]["loss"], rel=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    for name, tensor in AutoModelForCausalLM.from_pretrained(tmp_path / "killed").state_dict().items():
+        torch.testing.assert_close(tensor, final[name], msg=name)
+
+
+def test_a_batch_from_a_round_that_was_not_built_is_an_error():
+    from posttrain.online.feed import RoundFeed
+
+    feed = RoundFeed(rows_per_step=2)
+    feed.install(1, 2, 4, raw_rows=[{}] * 4, tokenized=[{"i": i} for i in range(4)])
+    assert feed.rows_for([4, 7]) == [{"i": 0}, {"i": 3}]
+    with pytest.raises(RuntimeError, match="not in round 1"):
+        feed.rows_for([8])  # step 4 belongs to round 2
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -51,7 +51,9 @@ def server_dtype(cfg) -> str:
 
 
 def server_args(cfg) -> list[str]:
-    args = ["--max-model-len", str(cfg.max_model_len), "--dtype", server_dtype(cfg)]
+    args = ["--dtype", server_dtype(cfg)]
+    if cfg.max_model_len > 0:  # otherwise vLLM takes the model's own limit (a longer one refuses to start)
+        args = ["--max-model-len", str(cfg.max_model_len), *args]
     eager = on_cpu() if cfg.enforce_eager is None else cfg.enforce_eager
     if eager:
         args.append("--enforce-eager")

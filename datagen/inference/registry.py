@@ -44,7 +44,8 @@ class ModelConfig:
     start_timeout: float = option(900.0, "seconds a managed vLLM server may take to become ready")
     max_restarts: int = option(3, "times a dead managed server is restarted before calls fail")
     kv_cache_gib: float = option(2.0, "vLLM CPU KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)")
-    max_model_len: int = option(4096, "vLLM --max-model-len: prompt + answer tokens per request")
+    max_model_len: int = option(0, "vLLM --max-model-len: prompt + answer tokens per request; 0 = the model's "
+                                   "own limit (max_position_embeddings; vLLM reads it from the model config)")
     dtype: str = option("auto", "vLLM --dtype; auto: bfloat16 on GPU, float32 on CPUs without AVX-512 BF16")
     enforce_eager: bool | None = option(None, "vLLM eager mode; null: eager on CPU (first token 35 s vs 120 s), "
                                               "compiled on GPU")

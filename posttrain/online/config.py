@@ -1,4 +1,4 @@
-"""Settings of the online rounds (best/worst-of-N pairs sampled between DPO training phases)."""
+"""Settings of the online rounds (best/worst-of-N pairs sampled from the policy between DPO steps)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +25,12 @@ class OnlineConfig:
     prompts: str = option("", "prompt dataset (`prompt` or `messages` column); \"\" = the offline pairs' prompts")
     prompts_view: str = option("dpo", "config of the prompt dataset")
     backend: Literal["transformers", "vllm"] = option(
-        "transformers", "vllm: a server on each round's policy checkpoint")
-    vllm: ModelConfig = option(ModelConfig(backend="vllm"), "server knobs; `model` is set per round")
+        "transformers", "vllm: one live vLLM engine per run, the policy's weights synced in every round")
+    vllm: ModelConfig = option(ModelConfig(backend="vllm"), "engine knobs (`model` is the policy); on GPUs give "
+                                                             "it its own devices via server_env CUDA_VISIBLE_DEVICES")
+    weight_sync: Literal["auto", "shm", "nccl"] = option(
+        "auto", "how new weights reach the vllm engine: shm (/dev/shm files, CPU), nccl (broadcast, GPUs; "
+                "untested), auto = nccl when CUDA is there")
     generation_batch_size: int = option(8, "prompts per generate() call (transformers backend)")
     kl_samples: int = option(8, "sampled answers used to estimate KL(policy ‖ reference) per round; 0 = off")
 

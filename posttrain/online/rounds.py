@@ -3,7 +3,8 @@
 Each round, before a phase of DPO training (see posttrain/dpo_trainer.py):
 
 1. **sample** — the current policy answers `prompts_per_round` prompts N times each (in-process
-   `generate`, or, with `backend: vllm`, a vLLM server on the last round's checkpoint);
+   `generate`, or, with `backend: vllm`, the run's live vLLM engine, posttrain/online/engine.py,
+   into which the trainer has just synced the policy's weights);
 2. **score** — the reward scorer (rewards/scoring.py) rates every answer; the running reward
    normaliser (rewards/normalize.py) is updated and normalises the scores;
 3. **select** — per prompt, the highest-scored answer becomes `chosen` and the lowest `rejected`;
@@ -17,7 +18,8 @@ Each round, before a phase of DPO training (see posttrain/dpo_trainer.py):
 
 Stats per round (logged and written to `rounds/round-NNN.jsonl`) include the raw and normalised
 reward statistics, chosen/rejected reward means and margins, skip counts and a Monte-Carlo
-estimate of KL(policy ‖ reference) on the sampled answers.
+estimate of KL(policy ‖ reference) on the sampled answers (skipped, and logged once, when the
+policy is sharded: its forward would need every rank).
 """
 from __future__ import annotations
 
@@ -44,13 +46,14 @@ class OnlineRounds:
     """Builds each round's training rows; holds what must survive a resume (see `state_dict`)."""
 
     def __init__(self, cfg: OnlineConfig, policy, reference, tokenizer, scorer, offline_pairs: list[dict],
-                 prompt_items: list[dict], seed: int, refresher=None, snapshot_root: str = "") -> None:
+                 prompt_items: list[dict], seed: int, refresher=None) -> None:
         self.cfg = cfg
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer = scorer
         self.refresher = refresher  # posttrain.rm_refresh.RewardRefresher, when the RM is refreshed between rounds
         self.seed = seed
-        self.snapshot_root = snapshot_root  # where vLLM rounds without a checkpoint snapshot the policy
+        self.engine = None  # posttrain.online.engine.PolicyEngine, for backend: vllm (set by the trainer)
+        self.kl_enabled = True  # off when the policy is sharded (a forward on one rank would hang)
         self.normalizer = RewardNormalizer(cfg.normalizer_momentum)
         self.offline = Cursor(offline_pairs, seed)
         self.prompts = Cursor(prompt_items, seed + 1)  # items: {"prompt": messages, "reference": str}
@@ -59,23 +62,21 @@ class OnlineRounds:
     def online_target(self, total: int) -> int:
         return online_share(self.cfg.ratio, total) if self.cfg.enabled else 0
 
-    def build(self, round_index: int, total: int, policy_dir: str = "") -> RoundData:
-        """The round's `total` training rows; `policy_dir` holds the current policy's weights on disk
-        (the last checkpoint) for the vLLM backend, "" to snapshot the in-memory policy."""
+    def build(self, round_index: int, total: int) -> RoundData:
+        """The round's `total` training rows, sampled from the current policy."""
         target = self.online_target(total)
         stats: dict[str, float] = {"online/round": float(round_index)}
         seconds = {"rm_refresh": 0.0, "generation": 0.0, "scoring": 0.0, "selection": 0.0, "kl": 0.0}
         selection = Selection()
         if target > 0 and self.prompts.items:
-            selection = self._online_pairs(round_index, target, policy_dir, stats, seconds)
+            selection = self._online_pairs(round_index, target, stats, seconds)
         rows, mix = mix_pairs(selection.pairs, self.offline, total, self.cfg.ratio if target else 0.0,
                               self.seed + round_index)
         stats.update(mix)
         stats.update({f"online/skipped_total_{r}": float(n) for r, n in self.skipped_total.items()})
         return RoundData(rows, stats, selection.records, seconds)
 
-    def _online_pairs(self, round_index: int, target: int, policy_dir: str, stats: dict,
-                      seconds: dict) -> Selection:
+    def _online_pairs(self, round_index: int, target: int, stats: dict, seconds: dict) -> Selection:
         """Refresh the RM (optional), sample, score, normalise, select, estimate KL; timing each."""
         import time
 
@@ -88,7 +89,7 @@ class OnlineRounds:
         prompts = [it["prompt"] for it in items]
         references = [it.get("reference", "") for it in items]
         start = clock()
-        answers = self.sample(prompts, self.seed + round_index, policy_dir)
+        answers = self.sample(prompts, self.seed + round_index)
         seconds["generation"] = clock() - start
         start = clock()
         raw = score_answers(self.scorer, prompts, references, answers)
@@ -105,38 +106,15 @@ class OnlineRounds:
         seconds["kl"] = clock() - start
         return selection
 
-    def sample(self, prompts: list[Messages], seed: int, policy_dir: str = "") -> list[list[str]]:
+    def sample(self, prompts: list[Messages], seed: int) -> list[list[str]]:
         if self.cfg.backend == "transformers":
             return sample_with_transformers(self.policy, self.tokenizer, prompts, self.cfg, seed)
-        return self._sample_with_vllm(prompts, seed, policy_dir)
-
-    def _sample_with_vllm(self, prompts: list[Messages], seed: int, policy_dir: str) -> list[list[str]]:
-        """vLLM serves weights from disk: the last round's checkpoint (written by the Trainer, which
-        gathers sharded weights), or a snapshot of the in-memory policy. One server per round."""
-        import dataclasses
-        import shutil
-        import tempfile
-        from pathlib import Path
-
-        from datagen.inference.registry import get_llm
-
-        snapshot = ""
-        if not policy_dir:
-            if self.snapshot_root:
-                Path(self.snapshot_root).mkdir(parents=True, exist_ok=True)
-            snapshot = policy_dir = tempfile.mkdtemp(prefix="policy-", dir=self.snapshot_root or None)
-            self.policy.save_pretrained(snapshot)
-            self.tokenizer.save_pretrained(snapshot)
-        llm = get_llm(dataclasses.replace(self.cfg.vllm, model=policy_dir, served_name="policy"))
-        try:
-            return sample_with_llm(llm, prompts, self.cfg, seed)
-        finally:
-            llm.close()
-            if snapshot:
-                shutil.rmtree(snapshot, ignore_errors=True)
+        if self.engine is None:
+            raise RuntimeError("online.backend vllm needs the run's engine (set by posttrain.dpo_trainer.train)")
+        return sample_with_llm(self.engine, prompts, self.cfg, seed)
 
     def kl_stats(self, prompts: list[Messages], answers: list[list[str]]) -> dict[str, float]:
-        if not self.cfg.kl_samples:
+        if not self.cfg.kl_samples or not self.kl_enabled:
             return {}
         picked = [(p, a) for p, group in zip(prompts, answers) for a in group if a.strip()][:self.cfg.kl_samples]
         if not picked:

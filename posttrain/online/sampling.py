@@ -42,7 +42,7 @@ def sample_with_transformers(model, tokenizer, prompts: Sequence[Messages], cfg:
 
 
 def sample_with_llm(llm, prompts: Sequence[Messages], cfg: OnlineConfig, seed: int) -> list[list[str]]:
-    """N answers per prompt from a datagen.inference backend (a vLLM server on the policy snapshot).
+    """N answers per prompt from anything with `generate(requests)` (the run's live vLLM engine).
 
     A failed request gives no answers for its prompt (counted later as `too_few_scored`)."""
     from datagen.inference.base import Request, SamplingParams
