@@ -41,9 +41,7 @@ def generate(model: ModelConfig, requests: Sequence[Request], label: str, every:
         return []
     started = time.monotonic()
     log.info("%s: %d requests to %s (%s backend)", label, len(requests), model.name, model.backend)
-    llm = registry.get_llm(model)
-    if time.monotonic() - started > 1:
-        log.info("%s loaded or started in %.0f s", model.name, time.monotonic() - started)
+    llm = registry.get_llm(model)  # a managed vLLM server may still be starting: the first lines include it
     futures = [llm.submit(r) for r in requests]
     pending = set(futures)
     while pending:
