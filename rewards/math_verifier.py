@@ -14,6 +14,8 @@ import re
 import threading
 from dataclasses import dataclass
 
+from rewards.base import check_lengths
+
 
 @dataclass(frozen=True)
 class MathCheck:
@@ -52,8 +54,7 @@ class MathVerifier:
     name = "math-verify"
 
     def score(self, prompts, responses, references=None) -> list[float]:
+        check_lengths(prompts, responses, references)
         if references is None:
             return [math.nan] * len(responses)
-        if not len(prompts) == len(responses) == len(references):
-            raise ValueError("math scoring needs one response and one reference per prompt")
         return [check_answer(r, ref).correct for r, ref in zip(responses, references)]

@@ -6,7 +6,7 @@ not score" (an unreadable judge reply, no gold answer, a non-finite reward-model
 callers count NaN items and never train on them.
 
 `build_scorer(RewardConfig)`: `classifier` (a reward model, rewards/reward_model.py), `critique`
-(the datagen critique judge, rewards/judge.py) or `math` (math-verify, rewards/verifiers.py).
+(the datagen critique judge, rewards/judge.py) or `math` (math-verify, rewards/math_verifier.py).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def build_scorer(cfg: RewardConfig) -> RewardScorer:
 
         return CritiqueJudgeScorer(get_llm(cfg.judge.model), cfg.judge)
     if cfg.kind == "math":
-        from rewards.verifiers import MathAnswerScorer
+        from rewards.math_verifier import MathVerifier
 
-        return MathAnswerScorer()
+        return MathVerifier()
     raise ValueError(f"unknown reward kind {cfg.kind!r} (classifier, critique, math)")

@@ -19,7 +19,7 @@ from posttrain.rm_refresh import RefreshConfig, RewardRefresher
 from rewards.judge import CritiqueJudgeScorer, JudgeConfig
 from rewards.reward_model import ClassifierScorer
 from rewards.scoring import RewardConfig, build_scorer
-from rewards.verifiers import MathAnswerScorer
+from rewards.math_verifier import MathVerifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -162,7 +162,7 @@ def test_critique_judge_from_config_uses_the_inference_registry_and_the_fewshot_
 
 def test_math_verifier_checks_final_answers_against_the_reference():
     scorer = build_scorer(RewardConfig(kind="math"))
-    assert isinstance(scorer, MathAnswerScorer)
+    assert isinstance(scorer, MathVerifier)
     scores = scorer.score([USER] * 4, ["So the answer is \\boxed{5}.", "x = 7", "It is 1/2", "5"],
                           ["5", "5", "0.5", ""])
     assert scores[:3] == [1.0, 0.0, 1.0]
@@ -172,7 +172,7 @@ def test_math_verifier_checks_final_answers_against_the_reference():
 
 def test_mismatched_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="one response"):
-        MathAnswerScorer().score([USER, USER], ["5"], ["5", "5"])
+        MathVerifier().score([USER, USER], ["5"], ["5", "5"])
 
 
 # --------------------------------------------------------------------------- refresh
