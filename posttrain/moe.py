@@ -9,6 +9,22 @@
   loops and eval see it too. Models that compute `aux_loss` themselves are left alone.
   `router_aux_loss_coef` in the config is the weight.
 - **Dropout** (posttrain/dropout.py) and **per-group learning rates** (posttrain/param_groups.py).
+- **Expert-specific learning rate** (`expert_lr_ratio`; derivation in posttrain/hunyuan/expert_lr.py).
+  By default it is derived from the model's routing, as the Hunyuan-Large report does: with top-k
+  of n routed experts each expert sees about k/n of a batch's B tokens, and Li et al.'s optimal
+  Adam learning rate eps_opt(B) = 2 eps_max / (sqrt(B_noise/B) + sqrt(B/B_noise)) gives
+
+      expert_lr_ratio = eps_opt(B k/n) / eps_opt(B).
+
+  B is the tokens per optimizer step (per-device batch x accumulation x world size x tokens per
+  sequence, read from the trainer; posttrain/param_groups.py). The ratio depends on B only through
+  B / B_noise: with `gradient_noise_scale_tokens` (B_noise, if you measured it) the run's B enters;
+  without it B / B_noise is the report's operating point (0.26, the value at which the formula
+  gives the report's 0.31 for top-1 of 16), so top-1 of 16 -> 0.31, top-8 of 64 -> 0.43,
+  top-1 of 4 (smollm2-moe) -> 0.59. A number in `expert_lr_ratio` is a fixed override (e.g. 0.31).
+  The trainer logs the value used and how it was derived.
+- **Expert load** (posttrain/expert_load.py): the share of routed tokens each layer's busiest
+  expert took, and dropped / recycled counts, logged as `moe/...` with the training loss.
 - `prepare_moe_model` applies the recipe to a loaded or in-memory model.
 """
 from __future__ import annotations
@@ -31,7 +47,14 @@ class MoEConfig:
     attention_dropout: float = option(0.0, "dropout on attention probabilities (report SFT: 0.1)")
     hidden_dropout: float = option(0.0, "dropout on attention/MoE block outputs before the residual (report SFT: 0.2)")
     shared_expert_lr_ratio: float = option(1.0, "shared expert LR = learning_rate × this")
-    expert_lr_ratio: float = option(0.31, "specialized experts' LR = learning_rate × this (report: ≈0.31)")
+    expert_lr_ratio: float | None = option(
+        None, "specialized experts' LR = learning_rate × this; null = derived from the model's routing: "
+              "eps_opt(B·k/n) / eps_opt(B) with Li et al.'s optimal Adam LR eps_opt(B) = 2·eps_max / "
+              "(sqrt(B_noise/B) + sqrt(B/B_noise)), top-k of n routed experts, B = tokens per optimizer step "
+              "(top-1 of 16 -> 0.31 as in the report, top-1 of 4 -> 0.59); a number overrides it (report: 0.31)")
+    gradient_noise_scale_tokens: float = option(
+        0.0, "B_noise in tokens, if measured: the derived expert_lr_ratio then uses the run's batch B; "
+             "0 = unknown: B/B_noise is the report's operating point (0.26) and the batch size drops out")
     router_lr_ratio: float = option(1.0, "router (gate) LR = learning_rate × this")
     attention_lr_ratio: float = option(1.0, "attention projections LR = learning_rate × this")
     embedding_lr_ratio: float = option(1.0, "token embeddings / LM head LR = learning_rate × this")
@@ -41,16 +64,21 @@ class MoEConfig:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name.endswith("_ratio") and value < 0:
+            if field.name.endswith("_ratio") and value is not None and value < 0:
                 raise ValueError(f"{field.name} must be >= 0, got {value}")
         for name in ("attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.router_aux_loss_coef < 0:
             raise ValueError(f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
+        if self.gradient_noise_scale_tokens < 0:
+            raise ValueError(f"gradient_noise_scale_tokens must be >= 0, got {self.gradient_noise_scale_tokens}")
 
     def lr_ratio(self, group: str) -> float:
-        """The learning-rate multiplier of a parameter group ("other" trains at the base LR)."""
+        """The learning-rate multiplier of a parameter group ("other" trains at the base LR).
+        `expert_lr_ratio` must be resolved first (`derive_expert_lr_ratio`)."""
+        if group == "experts" and self.expert_lr_ratio is None:
+            raise ValueError("expert_lr_ratio is not resolved yet: call derive_expert_lr_ratio(model, ...)")
         return {
             "router": self.router_lr_ratio,
             "shared_expert": self.shared_expert_lr_ratio,
@@ -59,6 +87,40 @@ class MoEConfig:
             "embeddings": self.embedding_lr_ratio,
             "attention": self.attention_lr_ratio,
         }.get(group, 1.0)
+
+
+def derive_expert_lr_ratio(moe: MoEConfig, model, batch_tokens: float | None = None) -> tuple[float, str]:
+    """(the experts' LR ratio to use, one line saying where it comes from); `moe` is left as it is.
+
+    The fixed `expert_lr_ratio` if set; else derived from the model's routing (module docstring).
+    A model without routed experts has no experts group: 1.0."""
+    from posttrain.hunyuan.configuration import HunyuanError
+    from posttrain.hunyuan.expert_lr import REPORT_BATCH_OVER_NOISE, expert_lr_ratio_for
+
+    if moe.expert_lr_ratio is not None:
+        return moe.expert_lr_ratio, f"expert_lr_ratio {moe.expert_lr_ratio:g} (fixed in the config)"
+    config = model.config.get_text_config()
+    noise = moe.gradient_noise_scale_tokens or None
+    try:
+        if noise and batch_tokens:
+            ratio = expert_lr_ratio_for(config, batch_tokens, noise)
+            point = f"B = {batch_tokens:,.0f} tokens/step, B_noise = {noise:,.0f} (B/B_noise {batch_tokens / noise:.3g})"
+        else:
+            ratio = expert_lr_ratio_for(config)
+            point = (f"B/B_noise = {REPORT_BATCH_OVER_NOISE:.2f}, the report's operating point (B_noise unknown; "
+                     f"batch {batch_tokens:,.0f} tokens/step)" if batch_tokens else
+                     f"B/B_noise = {REPORT_BATCH_OVER_NOISE:.2f}, the report's operating point")
+    except HunyuanError:
+        return 1.0, "no routed experts: expert_lr_ratio unused"
+    routing = _routing_of(config)
+    return ratio, f"expert_lr_ratio {ratio:.3f} derived from {routing} at {point}"
+
+
+def _routing_of(config) -> str:
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    top_k = getattr(config, "moe_topk", None) or getattr(config, "num_experts_per_tok", None)
+    top_k = top_k[0] if isinstance(top_k, (list, tuple)) else top_k
+    return f"top-{top_k} of {experts} routed experts"
 
 
 def prepare_moe_model(model, moe: MoEConfig) -> None:

@@ -1,7 +1,8 @@
 """Per-group learning rates for MoE models, and the trainer mixin that builds them.
 
-Groups: shared expert, specialized experts (lr × `expert_lr_ratio`, the report's ≈0.31), router,
-attention, embeddings, norms, other; each named, so the LR of each is logged as `lr/<group>`.
+Groups: shared expert, specialized experts (lr × `expert_lr_ratio`: derived from the routing and
+the tokens per optimizer step unless fixed, see posttrain/moe.py), router, attention, embeddings,
+norms, other; each named, so the LR of each is logged as `lr/<group>`.
 Name patterns cover Hunyuan (transformers' `hunyuan_v1_moe` and our native Hunyuan-Large module),
 Mixtral and Qwen-MoE; FSDP's wrapper prefixes are fine: the patterns are searched, not anchored.
 
@@ -15,7 +16,8 @@ import re
 from typing import Any
 
 from posttrain.checkpoints import ExpertSafeResumeMixin
-from posttrain.moe import MoEConfig
+from posttrain.expert_load import ExpertLoad
+from posttrain.moe import MoEConfig, derive_expert_lr_ratio
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,19 @@ def freeze_router(model) -> int:
     return len(params)
 
 
-def build_param_groups(model, learning_rate: float, weight_decay: float, moe: MoEConfig) -> list[dict]:
+def build_param_groups(model, learning_rate: float, weight_decay: float, moe: MoEConfig,
+                       batch_tokens: float | None = None) -> list[dict]:
     """Optimizer parameter groups, one per named group, each with its own LR.
 
     Only trainable parameters are included; every one lands in exactly one group ("other" at the
     base LR if no pattern matches, so nothing is silently left out). Norms get no weight decay.
+    An unset `expert_lr_ratio` is derived from the model's routing (and `batch_tokens`, the tokens
+    per optimizer step, when the noise scale is known).
     """
+    if moe.expert_lr_ratio is None:
+        import dataclasses
+
+        moe = dataclasses.replace(moe, expert_lr_ratio=derive_expert_lr_ratio(moe, model, batch_tokens)[0])
     by_group: dict[str, list] = {g: [] for g in GROUP_NAMES}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -87,21 +96,26 @@ def describe_param_groups(groups: list[dict]) -> str:
 
 class MoETrainerMixin(ExpertSafeResumeMixin):
     """Mix into a transformers/TRL Trainer (first in the bases): MoE parameter groups, per-group
-    LR logging, and a resume that restores the expert weights.
+    LR logging, expert-load logging and a resume that restores the expert weights.
 
     `class HunyuanSFTTrainer(MoETrainerMixin, SFTTrainer)`; pass `moe_config=` to the constructor.
     The optimizer class and its other kwargs come from the TrainingArguments as usual, so
     DeepSpeed and FSDP work unchanged (they build the optimizer through `create_optimizer`).
-    Training logs gain `lr/<group>` for every group.
+    An unset `moe_config.expert_lr_ratio` is derived when the optimizer is built (from the model's
+    routing and the tokens per step, `batch_tokens_per_step`), logged, and written back into
+    `moe_config` so the model card states the value used. Training log lines gain `lr/<group>` for
+    every group and the expert load (`moe/...`, posttrain/expert_load.py).
     """
 
     def __init__(self, *args, moe_config: MoEConfig, **kwargs):
         self.moe_config = moe_config
         super().__init__(*args, **kwargs)
+        self.expert_load = ExpertLoad(self.model)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
+            self.resolve_expert_lr_ratio(opt_model)
             groups = build_param_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.moe_config)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
@@ -111,12 +125,45 @@ class MoETrainerMixin(ExpertSafeResumeMixin):
             log.info("MoE parameter groups:\n%s", describe_param_groups(groups))
         return self.optimizer
 
+    def resolve_expert_lr_ratio(self, model) -> float:
+        """Fix `moe_config.expert_lr_ratio` for this run (derived unless set) and log where it comes from."""
+        ratio, why = derive_expert_lr_ratio(self.moe_config, model,
+                                            batch_tokens_per_step(self.args, self.train_dataset))
+        self.moe_config.expert_lr_ratio = ratio
+        log.info("MoE %s", why)
+        return ratio
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.optimizer is not None and "learning_rate" in logs:
             logs.update(group_learning_rates(self.optimizer, logs["learning_rate"]))
+        if "loss" in logs and self.expert_load:
+            logs.update(self.expert_load.flush())
         super().log(logs, *args, **kwargs)
 
 
+def batch_tokens_per_step(args, train_dataset=None) -> float:
+    """Tokens in one optimizer step: per-device batch × accumulation × world size × sequences per
+    row (2 for preference pairs: chosen and rejected) × tokens per sequence. Tokens per sequence
+    are the mean length of up to 256 tokenized training rows when the dataset holds them (packed
+    SFT rows are about `max_length`), else `max_length` (an upper bound: online DPO builds its rows
+    each round)."""
+    rows = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    columns = set(getattr(train_dataset, "column_names", None) or [])
+    pairs = bool({"chosen_ids", "chosen_input_ids", "chosen"} & columns) or hasattr(args, "beta")
+    sequence = _mean_tokens(train_dataset, columns) or float(getattr(args, "max_length", None) or 0)
+    return rows * (2 if pairs else 1) * sequence
+
+
+def _mean_tokens(dataset, columns: set[str]) -> float | None:
+    sample = dataset.select(range(min(256, len(dataset)))) if columns else None
+    if not sample or not len(sample):
+        return None
+    if "input_ids" in columns:
+        return sum(len(ids) for ids in sample["input_ids"]) / len(sample)
+    if {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns:  # mean of the chosen and rejected sequences
+        return sum(len(p) + (len(c) + len(r)) / 2 for p, c, r in
+                   zip(sample["prompt_ids"], sample["chosen_ids"], sample["rejected_ids"])) / len(sample)
+    return None
 
 
 def group_learning_rates(optimizer, logged_lr: float) -> dict[str, float]:

@@ -27,7 +27,14 @@ B / B_noise. Solving the formula for 0.31 at k/n = 1/16 gives x = 0.96 / 3.69 = 
 shared expert's batch was about a quarter of the noise scale, close to the sqrt(k/n) = 0.25
 limit. `REPORT_BATCH_OVER_NOISE` holds that value and is the default when the caller does not
 know B_noise. With it, Hunyuan-A13B routing (64 routed experts, top-8, k/n = 1/8) gets 0.43.
-A fixed ratio (the report's 0.31) stays available to the trainers as an override.
+Smollm2-moe's routing (top-1 of 4) gets 0.59.
+
+In the trainers (posttrain/moe.py, posttrain/param_groups.py): `moe.expert_lr_ratio: null`, the
+default, uses `expert_lr_ratio_for(model.config, B, B_noise)` with B = the tokens per optimizer
+step read from the trainer's arguments (per-device batch x accumulation x world size x tokens per
+sequence) and B_noise = `moe.gradient_noise_scale_tokens`; when B_noise is not given the ratio
+falls back to the report's operating point above, where B drops out. A number in
+`moe.expert_lr_ratio` (the report's 0.31) is a fixed override. The trainer logs the value used.
 """
 from __future__ import annotations
 
