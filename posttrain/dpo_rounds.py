@@ -1,4 +1,5 @@
-"""The round boundary of one-stage DPO, as a callback of the one trainer of the run.
+"""The round boundary of one-stage DPO, as a callback of the one trainer of the run, and the
+vLLM engine it samples from (`start_engine`).
 
 At the first step of every round (`on_step_begin`, after the previous step's checkpoint was saved),
 on every rank:
@@ -19,16 +20,55 @@ seconds)` hears where each round's time went, from this round's start to the nex
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 from accelerate import PartialState
 from transformers import TrainerCallback
 
+from posttrain.checkpoints import find_checkpoint
 from posttrain.dpo_state import Restored, round_of_step, write_round_log
+from posttrain.models import resolve_name
+from posttrain.online.engine import PolicyEngine
 from posttrain.online.feed import RoundFeed
+from posttrain.online.weights import shared_memory_dir
 
 log = logging.getLogger("posttrain.dpo")
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def start_engine(cfg, checkpoint: Path | None, process, snapshot_of=None):
+    """The run's one vLLM engine (main process only), launched in the background on the policy's
+    weights: the resumed checkpoint, else the model directory, else a snapshot of an in-memory policy."""
+    if not (cfg.uses_online and cfg.online.backend == "vllm" and process.is_main_process):
+        return None
+    if checkpoint is not None:
+        source = str(checkpoint)
+    elif snapshot_of is None:
+        source = resolve_name(cfg.model.name)
+    else:
+        source = tempfile.mkdtemp(prefix="policy-snapshot-", dir=shared_memory_dir())
+        snapshot_of.policy.save_pretrained(source)
+        snapshot_of.tokenizer.save_pretrained(source)
+    first = (source, checkpoint_step(checkpoint))
+
+    def last_checkpoint() -> tuple[str, int]:
+        newest = find_checkpoint(cfg.output_dir, "auto")
+        return (str(newest), checkpoint_step(newest)) if newest is not None else first
+
+    tokenizer = resolve_name(cfg.model.tokenizer) if cfg.model.tokenizer else ""
+    engine = PolicyEngine(cfg.online.vllm, source, first[1], tokenizer_dir=tokenizer,
+                          sync_timeout=cfg.online.vllm.request_timeout, restart_source=last_checkpoint,
+                          transport=cfg.online.weight_sync)
+    if snapshot_of is not None:
+        engine.on_stop(lambda: shutil.rmtree(source, ignore_errors=True))
+    return engine
 
 
 def policy_is_sharded(trainer) -> bool:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,15 +37,14 @@ from posttrain.cards import write_model_card
 from posttrain.checkpoints import CommitCheckpoint, find_checkpoint
 from posttrain.data import DataReport
 from posttrain.dpo_config import DPORunConfig
-from posttrain.dpo_rounds import RoundDriver, policy_is_sharded
+from posttrain.dpo_rounds import RoundDriver, checkpoint_step, policy_is_sharded, start_engine
 from posttrain.dpo_state import RoundStateCallback, make_reference, restore, round_plan, rows_per_step
 from posttrain.ema import EMACallback
-from posttrain.models import load_policy, load_tokenizer, resolve_name
+from posttrain.models import load_policy, load_tokenizer
 from posttrain.moe import is_moe
 from posttrain.online.engine import PolicyEngine
 from posttrain.online.feed import RoundFeed, slot_dataset
 from posttrain.online.prompts import load_online_prompts
-from posttrain.online.weights import shared_memory_dir
 from posttrain.online.rounds import OnlineRounds
 from posttrain.pairs import load_preference_pairs
 from posttrain.param_groups import MoETrainerMixin
@@ -204,6 +201,7 @@ def train(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None, callbacks
     are added to the trainer; `on_round(index, seconds)` hears where each round's time went
     (benchmarks time the shipped loop through it). The vLLM engine, if any, is stopped on the way
     out, whatever the way (end, error, Ctrl-C)."""
+    args = build_dpo_args(cfg, moe_model=False)  # first: the distributed state exists before any model loads
     process = PartialState()
     checkpoint = find_checkpoint(cfg.output_dir, cfg.resume)
     engine = None
@@ -214,20 +212,22 @@ def train(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None, callbacks
         if policy is not None:
             engine = start_engine(cfg, checkpoint, process, snapshot_of=run)
         run.engine = run.rounds.engine = engine
-        return train_rounds(cfg, run, checkpoint, engine, callbacks, on_round, process)
+        if is_moe(run.policy):
+            args.router_aux_loss_coef = cfg.moe.router_aux_loss_coef
+        return train_rounds(cfg, args, run, checkpoint, engine, callbacks, on_round, process)
     finally:
         if engine is not None:
             engine.stop()
 
 
-def train_rounds(cfg: DPORunConfig, run: DPORun, checkpoint: Path | None, engine: PolicyEngine | None,
-                 callbacks, on_round, process) -> dict:
+def train_rounds(cfg: DPORunConfig, args: DPOConfig, run: DPORun, checkpoint: Path | None,
+                 engine: PolicyEngine | None, callbacks, on_round, process) -> dict:
     policy, reference, rounds = run.policy, run.reference, run.rounds
     ema = EMACallback(cfg.ema) if cfg.ema.enabled else None
     plan = round_plan(cfg.max_steps, cfg.online.steps_per_round)
     restored = restore(checkpoint, plan, policy, reference, rounds, ema) if checkpoint else None
     feed = RoundFeed(rows_per_step(cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
-                                   process.num_processes))
+                                   args.world_size))
 
     def heard(index: int, seconds: dict) -> None:
         run.round_seconds.append(seconds)
@@ -237,7 +237,7 @@ def train_rounds(cfg: DPORunConfig, run: DPORun, checkpoint: Path | None, engine
     driver = RoundDriver(cfg.output_dir, plan, feed, rounds, engine=engine,
                          engine_step=checkpoint_step(checkpoint), restored=restored, on_round=heard)
     trainer = MoEDPOTrainer(
-        model=policy, ref_model=reference, args=build_dpo_args(cfg, is_moe(policy)),
+        model=policy, ref_model=reference, args=args,
         train_dataset=slot_dataset(cfg.max_steps * feed.rows_per_step), processing_class=run.tokenizer,
         moe_config=cfg.moe, feed=feed,
         callbacks=[driver] + [cb for cb in (ema, tensorboard_callback(cfg)) if cb is not None] + list(callbacks or [])
@@ -249,38 +249,6 @@ def train_rounds(cfg: DPORunConfig, run: DPORun, checkpoint: Path | None, engine
                           "shard the policy: use online.backend vllm")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return export(cfg, run, trainer, ema, process)
-
-
-def checkpoint_step(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
-
-
-def start_engine(cfg: DPORunConfig, checkpoint: Path | None, process, snapshot_of: DPORun | None = None):
-    """The run's one vLLM engine (main process only), launched in the background on the policy's
-    weights: the resumed checkpoint, else the model directory, else a snapshot of an in-memory policy."""
-    if not (cfg.uses_online and cfg.online.backend == "vllm" and process.is_main_process):
-        return None
-    if checkpoint is not None:
-        source = str(checkpoint)
-    elif snapshot_of is None:
-        source = resolve_name(cfg.model.name)
-    else:
-        source = tempfile.mkdtemp(prefix="policy-snapshot-", dir=shared_memory_dir())
-        snapshot_of.policy.save_pretrained(source)
-        snapshot_of.tokenizer.save_pretrained(source)
-    first = (source, checkpoint_step(checkpoint))
-
-    def last_checkpoint() -> tuple[str, int]:
-        newest = find_checkpoint(cfg.output_dir, "auto")
-        return (str(newest), checkpoint_step(newest)) if newest is not None else first
-
-    tokenizer = resolve_name(cfg.model.tokenizer) if cfg.model.tokenizer else ""
-    engine = PolicyEngine(cfg.online.vllm, source, first[1], tokenizer_dir=tokenizer,
-                          sync_timeout=cfg.online.vllm.request_timeout, restart_source=last_checkpoint,
-                          transport=cfg.online.weight_sync)
-    if snapshot_of is not None:
-        engine.on_stop(lambda: shutil.rmtree(source, ignore_errors=True))
-    return engine
 
 
 def export(cfg: DPORunConfig, run: DPORun, trainer, ema: EMACallback | None, process) -> dict:

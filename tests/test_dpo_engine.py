@@ -30,7 +30,8 @@ MODEL = "tiny-hunyuan-moe"  # transformers' hunyuan_v1_moe (vLLM's Transformers 
 PROMPTS = ["Explain why the sky is blue.", "Write a haiku about autumn.", "What is 12 times 7?"]
 NEW_TOKENS = 12
 TOLERANCE = 1e-3  # float32 on both sides; vLLM's CPU kernels sum in another order
-ENGINE = ModelConfig(backend="vllm", model=MODEL, kv_cache_gib=1, max_model_len=512, start_timeout=900)
+# float32 like the trainer: with `auto` a CPU with AVX-512 BF16 serves bf16 (log-probabilities off by ~1e-3..5e-2)
+ENGINE = ModelConfig(backend="vllm", model=MODEL, dtype="float32", kv_cache_gib=1, max_model_len=512, start_timeout=900)
 
 
 def prompt_ids(tokenizer) -> list[list[int]]:

@@ -14,9 +14,9 @@ Two transports, one loading path:
 
 Either way the tensors go through vLLM's own reload (`initialize_layerwise_reload` →
 `model.load_weights` → `finalize_layerwise_reload`), so a model whose weights vLLM repacks after
-loading (fused MoE kernels) is repacked again. The load is strict: a parameter of the engine that
-received no tensor, or a tensor the model refuses (unknown name, wrong shape), is an error that
-the trainer sees, never a silently half-updated engine.
+loading (fused MoE kernels) is repacked again. A tensor the model refuses (unknown name, wrong
+shape) is an error the trainer sees; before sending, the trainer checks that the names and shapes
+are exactly those of the checkpoint the engine was started from (posttrain/online/engine.py).
 """
 from __future__ import annotations
 
@@ -93,31 +93,10 @@ class WeightSync:
         with set_current_vllm_config(self.vllm_config):
             initialize_layerwise_reload(model)
             model.load_weights(counted())
-            empty = layers_without_weights(model)
             finalize_layerwise_reload(model, self.model_config)
             if current_platform.is_cpu():
                 repack_cpu_kernels(model)
-        if empty:
-            raise ValueError(f"weight sync: {len(empty)} layers of the engine got no tensor, e.g. {empty[0]} "
-                             f"(received {len(received)} tensors)")
         return {"tensors": len(received)}
-
-
-def layers_without_weights(model) -> list[str]:
-    """Modules that hold weights but received none in this reload (read before finalizing it).
-    Attention layers are not counted: their only tensors are quantization scales, which a
-    checkpoint without quantization does not carry."""
-    from vllm.model_executor.layers.attention import is_deferred_attention_layer
-    from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
-
-    empty = []
-    for name, layer in model.named_modules():
-        info = get_layerwise_info(layer)
-        if is_deferred_attention_layer(layer):
-            continue
-        if info.can_load() and (info.load_numel_total or 0) > 0 and info.load_numel <= 0:
-            empty.append(name or type(layer).__name__)
-    return empty
 
 
 def repack_cpu_kernels(model) -> None:
