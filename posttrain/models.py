@@ -49,7 +49,7 @@ def load_tokenizer(spec: ModelSpec):
     path = resolve_name(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError) as err:  # KeyError: transformers rejects a config block
         raise ModelLoadError(f"cannot load tokenizer {name!r} from {path}: {first_line(err)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs one; the EOS is never a label target here
