@@ -17,7 +17,7 @@ import pytest
 
 from datagen.cache import CachedLLM
 from datagen.inference import registry
-from datagen.inference.managed import server_dtype
+from datagen.inference.managed import managed_identity
 from datagen.inference.vllm_server import VLLMServer
 from datagen.output import read_records
 from fakes import FakeLLM
@@ -37,7 +37,7 @@ def test_fully_cached_rerun_launches_no_server(tmp_path, monkeypatch, capsys):
     args = ["--seeds", str(tmp_path / "seeds.jsonl"), "--cache.dir", str(cache), "--evolve.operations", "[harder]"]
     managed = registry.ModelConfig(cache_dir=str(cache))  # the default model, as the pipeline keys it
     fake = FakeLLM(respond_as_each_stage)
-    fake.identity = f"vllm:{managed.name}:{server_dtype(managed)}"
+    fake.identity = managed_identity(managed)
     registry.install(managed, CachedLLM(fake, str(cache)))
     try:
         assert synth.main([*args, "--output", str(tmp_path / "first")]) == 0

@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from datagen.inference.base import Completion, InferenceError, Request
+from datagen.inference.models import weights_fingerprint
 from datagen.inference.openai_client import OpenAIEndpointLLM
 from datagen.inference.vllm_server import VLLMServer
 
@@ -50,6 +51,14 @@ def server_dtype(cfg) -> str:
     return "float32" if on_cpu() and not cpu_has_bf16() else "auto"
 
 
+def managed_identity(cfg) -> str:
+    """Lineage and cache-key identity: the name, a fingerprint of a local model's weights (a directory
+    retrained in place must not get its earlier answers from the cache) and the dtype (it changes
+    the samples)."""
+    weights = weights_fingerprint(cfg.model)
+    return f"vllm:{cfg.name}{'@' + weights if weights else ''}:{server_dtype(cfg)}"
+
+
 def server_args(cfg) -> list[str]:
     args = ["--dtype", server_dtype(cfg)]
     if cfg.max_model_len > 0:  # otherwise vLLM takes the model's own limit (a longer one refuses to start)
@@ -77,8 +86,7 @@ class ManagedVLLM(OpenAIEndpointLLM):
         super().__init__(
             # the port is known once the server is launched (see _start)
             "http://127.0.0.1/v1", cfg.name,
-            # dtype changes the samples, so it is part of the identity (and of cache keys)
-            identity=f"vllm:{cfg.name}:{server_dtype(cfg)}",
+            identity=managed_identity(cfg),
             max_concurrency=cfg.max_concurrency, request_timeout=cfg.request_timeout,
             max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds, recover=self._recover)
         if start_now:

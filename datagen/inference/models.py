@@ -10,6 +10,7 @@ directory `models/<alias>` is enough.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -149,3 +150,36 @@ def resolve_model(name: str) -> str:
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         return name  # a hub id: loaders resolve it (offline machines need it in the HF cache)
     raise InferenceError(_unknown(name, "not an alias, not a directory, not a hub id"))
+
+
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+
+
+def weights_fingerprint(name: str) -> str:
+    """A short fingerprint of the weights a local model name stands for: the bytes of config.json and
+    the name, size and modification time of every weight file. "" for a hub id, a gs:// path or an
+    alias not built yet. It is part of a model's inference identity (and so of call-cache keys): a
+    directory retrained in place gets new keys, never the answers of its earlier weights."""
+    directory = _local_dir(name)
+    if directory is None:
+        return ""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.name == "config.json":
+            digest.update(path.read_bytes())
+        elif path.is_file() and path.name.endswith(_WEIGHT_FILES):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def _local_dir(name: str) -> Path | None:
+    if name in _ALIASES:
+        return alias_dir(name) if is_built(name) else None
+    if "://" in name:
+        return None
+    built = _built(name)
+    if built is not None:
+        return built
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None

@@ -11,6 +11,7 @@ import threading
 from typing import Sequence
 
 from datagen.inference.base import Completion, InferenceError, Request
+from datagen.inference.models import weights_fingerprint
 
 
 class TransformersLLM:
@@ -29,7 +30,8 @@ class TransformersLLM:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.identity = f"transformers:{name or model_path}"
+        weights = weights_fingerprint(model_path)  # a directory retrained in place gets new cache keys
+        self.identity = f"transformers:{name or model_path}{'@' + weights if weights else ''}"
         self.max_batch = max_batch
         self._queue: "queue.Queue[tuple[Request, cf.Future] | None]" = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="transformers-llm", daemon=True)

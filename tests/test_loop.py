@@ -1,0 +1,194 @@
+"""`python -m pipelines.loop`: step skipping and resuming (with stand-in steps), the config (extends,
+dotted changes, one-line errors), the plan's fingerprints, the training math problems (disjoint from
+the eval set, exact answers) and the closing table. The loop itself does not run in CI."""
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from datagen import eval_sets
+from pipelines import loop
+from pipelines.looping import math_train
+from pipelines.looping.config import load_loop_config, step_config
+from pipelines.looping.steps import DONE_FILE, LoopError, Step, run_steps
+from pipelines.looping.table import write_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+def stand_in_steps(tmp_path: Path, calls: list[str], fail: set[str] = frozenset(), prints: str = "a") -> list[Step]:
+    def work(step: Step) -> dict:
+        calls.append(step.name)
+        if step.name in fail:
+            raise RuntimeError(f"{step.name} killed")
+        return {"made": step.name}
+
+    return [Step(name, tmp_path / name, f"fp-{name}-{prints}", work) for name in ("synth", "sft", "dpo")]
+
+
+def test_a_rerun_skips_finished_steps_and_resumes_the_killed_one(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError, match="sft killed"):
+        run_steps(stand_in_steps(tmp_path, calls, fail={"sft"}))
+    assert calls == ["synth", "sft"]
+    assert (tmp_path / "synth" / DONE_FILE).is_file() and not (tmp_path / "sft" / DONE_FILE).exists()
+
+    calls.clear()
+    steps = run_steps(stand_in_steps(tmp_path, calls))
+    assert calls == ["sft", "dpo"]  # synth was done: skipped; sft ran again (its trainer resumes)
+    assert [s.skipped for s in steps] == [True, False, False]
+    assert steps[0].summary == {"made": "synth"}
+    attempts = json.loads((tmp_path / "sft" / "loop-attempts.json").read_text())
+    assert attempts["attempts"] == 2
+
+    calls.clear()
+    assert all(s.skipped for s in run_steps(stand_in_steps(tmp_path, calls)))
+    assert calls == []
+
+
+def test_a_changed_config_stops_before_any_step_runs(tmp_path):
+    calls: list[str] = []
+    run_steps(stand_in_steps(tmp_path, calls))
+    changed = stand_in_steps(tmp_path, calls := [], prints="b")
+    with pytest.raises(LoopError, match="step synth: .* holds the output of another config"):
+        run_steps(changed)
+    assert calls == []
+
+
+def test_a_killed_step_with_another_config_is_not_resumed(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError):
+        run_steps(stand_in_steps(tmp_path, calls, fail={"synth"}))
+    with pytest.raises(LoopError, match="step synth"):
+        run_steps(stand_in_steps(tmp_path, [], prints="b"))
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def test_extends_and_dotted_changes(tmp_path):
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(f"extends: {ROOT / 'configs/loop/cpu.yaml'}\noutput: {tmp_path / 'out'}\n"
+                       "dpo:\n  set: {sync_ref_model: true}\n")
+    cfg = load_loop_config(str(variant), ["--prompts.count", "50"])
+    assert cfg.output == str(tmp_path / "out") and cfg.prompts.count == 50
+    assert cfg.dpo.set["sync_ref_model"] is True and cfg.dpo.set["online.num_samples"] == 8  # merged, not replaced
+    base = tmp_path / "base.yaml"
+    base.write_text("online:\n  ratio: 0.5\n  margin: 0.5\nreward:\n  kind: classifier\n  batch_size: 8\n")
+    data = step_config(str(base), {"online.ratio": 1.0, "reward": {"kind": "math"}})
+    assert data == {"online": {"ratio": 1.0, "margin": 0.5}, "reward": {"kind": "math", "batch_size": 8}}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus", "1"], "unknown key bogus"),
+    (["--dpo.set.learning_rate", "abc"], "dpo: learning_rate: expected a number"),
+    (["--config", "nope.yaml"], "config file not found"),
+    (["--variants", "{'a b': {}}"], "variants: name 'a b'"),
+])
+def test_bad_config_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    assert loop.main([*args, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_help_lists_the_keys(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        loop.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--dpo.set" in out and "--variants" in out and "results.md" in out
+
+
+def test_plan_fingerprints_follow_what_each_step_depends_on(tmp_path):
+    from pipelines.looping.work import LoopPlan
+
+    def plan(*overrides: str) -> dict[str, str]:
+        cfg = load_loop_config(str(ROOT / "configs/loop/cpu.yaml"), ["--output", str(tmp_path), *overrides])
+        return {s.name: s.fingerprint for s in LoopPlan(cfg, cfg.model, {}).steps}
+
+    base = plan()
+    assert list(base) == ["synth", "prompts", "sft", "dpo", "eval-sft", "eval-dpo", "eval-dpo-raw"]
+    assert plan() == base  # stable
+    lr = plan("--dpo.set.learning_rate", "1e-6")
+    assert [k for k in base if base[k] != lr[k]] == ["dpo", "eval-dpo", "eval-dpo-raw"]
+    variant = plan("--variants", "{tr-dpo: {sync_ref_model: true}}")
+    assert {k: v for k, v in variant.items() if k in base} == base
+    assert set(variant) - set(base) == {"dpo-tr-dpo", "eval-dpo-tr-dpo"}
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+def test_training_math_problems_are_disjoint_from_the_eval_set_and_exact():
+    eval_questions = [item["question"] for item in eval_sets.load("math")]
+    rows, dropped = math_train.disjoint_from_eval(math_train.make_problems(600, seed=1), eval_questions)
+    assert len(rows) == 600 and dropped == {"same_question": 0, "shared_ngram": 0}
+    assert rows == math_train.disjoint_from_eval(math_train.make_problems(600, seed=1), eval_questions)[0]
+    assert [r["level"] for r in rows[:8]] == [1, 2, 3, 4, 1, 2, 3, 4]
+    eval_grams = set().union(*(math_train.ngrams(q, 8) for q in eval_questions))
+    for row in rows:
+        assert not (math_train.ngrams(row["prompt"], 8) & eval_grams) or len(
+            math_train.normalized_words(row["prompt"])) < 8
+        if row["kind"] == "arithmetic":  # e.g. "Work out 17 × 6."
+            a, op, b = re.fullmatch(r"\D+ (\d+) ([-+×÷]) (\d+)\.", row["prompt"]).groups()
+            value = {"+": Fraction(a) + Fraction(b), "-": Fraction(a) - Fraction(b), "×": Fraction(a) * Fraction(b),
+                     "÷": Fraction(a) / Fraction(b)}[op]
+            assert math_train.fmt(value) == row["reference"]
+
+
+def test_the_overlap_check_drops_eval_questions():
+    rows = [{"prompt": "What is 3 + 4?", "reference": "7"},
+            {"prompt": "Quinn has 5 coins and gets 9 more. How many coins does Quinn have now?", "reference": "14"},
+            {"prompt": "Compute 3 + 4.", "reference": "7"}]
+    kept, dropped = math_train.disjoint_from_eval(rows, ["What is 3 + 4?", "Ava has 2 coins and gets 9 more. "
+                                                                          "How many coins does Ava have now?"])
+    assert [r["prompt"] for r in kept] == ["Compute 3 + 4."]
+    assert dropped == {"same_question": 1, "shared_ngram": 1}
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+def fake_eval(directory: Path, model: list[float], baseline: list[float], win: float) -> Path:
+    from pipelines.evaluation import stats
+
+    directory.mkdir(parents=True)
+    est = lambda v: stats.accuracy(v).to_dict()  # noqa: E731
+    results = {"tasks": {
+        "math": {"model": est(model), "baseline": est(baseline), "model_by_level": {"1": est(model)},
+                 "baseline_by_level": {"1": est(baseline)},
+                 "difference": stats.paired_difference(model, baseline).to_dict()},
+        "judge": {"judge": "smollm2-135m", "win_rate": {"value": win, "low": win - 0.1, "high": win + 0.1, "n": 8},
+                  "length_controlled_win_rate": {"value": win, "low": win - 0.2, "high": win + 0.2, "n": 8},
+                  "position_bias": {"value": 0.1, "low": 0, "high": 0.2, "n": 8},
+                  "order_consistency": {"value": 0.5, "low": 0.3, "high": 0.7, "n": 8}}}}
+    (directory / "results.json").write_text(json.dumps(results))
+    (directory / "items.jsonl").write_text("".join(
+        json.dumps({"task": "math", "id": f"m{i}", "correct_model": m, "correct_baseline": b}) + "\n"
+        for i, (m, b) in enumerate(zip(model, baseline))))
+    return directory
+
+
+def test_the_table_reports_each_policy_against_the_start_and_dpo_against_sft(tmp_path):
+    start = [1.0] * 10 + [0.0] * 30
+    sft = [1.0] * 12 + [0.0] * 28
+    dpo = [1.0] * 20 + [0.0] * 20
+    evals = {"sft": fake_eval(tmp_path / "eval-sft", sft, start, 0.55),
+             "dpo": fake_eval(tmp_path / "eval-dpo", dpo, start, 0.6)}
+    steps = [Step("sft", tmp_path / "sft", "x", lambda s: {}, seconds=61.0, load=3.0)]
+    assert write_table(tmp_path, evals, steps, "python -m pipelines.loop")["policies"] == 3
+    text = (tmp_path / "results.md").read_text()
+    rows: dict[str, str] = {}
+    for line in text.splitlines():  # the first table (the by-level table repeats the names)
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    assert "25.0% [" in rows["start"] and "50.0% [" in rows["dpo"]
+    assert "+25.0 pts" in rows["dpo"] and "+20.0 pts" in rows["dpo"]  # vs start, vs SFT
+    assert "60.0% [50.0, 70.0]" in rows["dpo"] and "(smollm2-135m)" in text
+    assert "| sft | 1 min 01 s | 3.0 | ran |" in text
+    assert (tmp_path / "charts" / "policies.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["policies"]["dpo"]["math_vs_sft"]["value"] == pytest.approx(0.2)
