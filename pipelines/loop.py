@@ -1,6 +1,6 @@
 r"""`python -m pipelines.loop` — seed text in, a post-trained MoE and its measured before/after table out.
 
-    python -m pipelines.loop [--config configs/loop/cpu.yaml] [--output DIR] [--<key> VALUE ...]
+    python -m pipelines.loop [--config configs/loop/cpu.yaml] [--output DIR] [--only STEP,...] [--<key> VALUE ...]
 
 Steps, each in its own directory under DIR (see pipelines/looping/work.py):
 synth (datagen, the eval sets as decontamination benchmarks) → prompts (verifiable math problems
@@ -31,15 +31,17 @@ log = logging.getLogger("synthpost.loop")
 DEFAULT_CONFIG = "configs/loop/cpu.yaml"
 
 
-def parse_args(argv: list[str]) -> LoopConfig:
+def parse_args(argv: list[str]) -> tuple[LoopConfig, list[str] | None]:
     parser = argparse.ArgumentParser(prog="python -m pipelines.loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="config keys (in the YAML, or --key VALUE here):\n" + format_keys(LoopConfig))
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"loop config (default {DEFAULT_CONFIG})")
     parser.add_argument("--output", help="output directory (overrides output)")
+    parser.add_argument("--only", help="comma-separated step names: run just these (e.g. dpo-tr-dpo,eval-dpo-tr-dpo)")
     known, rest = parser.parse_known_args(argv)
     overrides = rest + (["--output", known.output] if known.output else [])
-    return load_loop_config(known.config, overrides)
+    only = [name.strip() for name in known.only.split(",") if name.strip()] if known.only else None
+    return load_loop_config(known.config, overrides), only
 
 
 def start_model(cfg: LoopConfig) -> str:
@@ -68,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.looping.table import write_table
         from pipelines.looping.work import LoopPlan
 
-        cfg = parse_args(argv)
+        cfg, only = parse_args(argv)
         plan = LoopPlan(cfg, start_model(cfg), child_env(cfg))
         plan.out.mkdir(parents=True, exist_ok=True)
         log.info("output %s: %s", plan.out, " → ".join(s.name for s in plan.steps))
-        steps = run_steps(plan.steps)
+        steps = run_steps(plan.steps, only)
         command = "python -m pipelines.loop " + shlex.join(argv) if argv else "python -m pipelines.loop"
         evals = {name: step.directory for name, step in plan.evals.items()}
         table = write_table(plan.out, evals, steps, command)

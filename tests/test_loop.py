@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,6 +68,40 @@ def test_a_killed_step_with_another_config_is_not_resumed(tmp_path):
         run_steps(stand_in_steps(tmp_path, calls, fail={"synth"}))
     with pytest.raises(LoopError, match="step synth"):
         run_steps(stand_in_steps(tmp_path, [], prints="b"))
+
+
+def test_only_runs_the_named_steps(tmp_path):
+    calls: list[str] = []
+    steps = run_steps(stand_in_steps(tmp_path, calls), only=["sft"])
+    assert calls == ["sft"] and [s.name for s in steps] == ["sft"]
+    with pytest.raises(LoopError, match="--only: no step named eval"):
+        run_steps(stand_in_steps(tmp_path, calls), only=["eval"])
+
+
+def test_a_second_loop_on_the_same_output_waits_for_the_step_then_skips_it(tmp_path):
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow(step: Step) -> dict:
+        calls.append(step.name)
+        started.set()
+        assert release.wait(30)
+        return {}
+
+    def steps() -> list[Step]:
+        return [Step("dpo", tmp_path / "dpo", "fp", slow)]
+
+    first = threading.Thread(target=run_steps, args=(steps(),))
+    first.start()
+    assert started.wait(30)
+    second_result: list = []
+    second = threading.Thread(target=lambda: second_result.extend(run_steps(steps())))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting on the first one's lock
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert calls == ["dpo"] and second_result[0].skipped
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -15,12 +15,14 @@ its state:
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +31,7 @@ log = logging.getLogger("synthpost.loop")
 
 DONE_FILE = "loop-step.json"
 ATTEMPTS_FILE = "loop-attempts.json"
+LOCK_FILE = ".loop-lock"
 
 
 class LoopError(ValueError):
@@ -103,13 +106,36 @@ class LoadSampler:
         return round(sum(self.samples) / len(self.samples), 2)
 
 
+@contextmanager
+def step_lock(step: Step):
+    """One process at a time per step directory: a second loop on the same output waits, then finds
+    the step done and skips it (the lock goes with the process that holds it, even when killed)."""
+    step.directory.mkdir(parents=True, exist_ok=True)
+    with open(step.directory / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another loop is running this step; waiting for it", step.name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def run_step(step: Step) -> Step:
     """Skip the step if it is done with this fingerprint, else run it and record it as done."""
     if step.always:
-        started = time.monotonic()
-        step.summary = step.run(step)
-        step.seconds = round(time.monotonic() - started, 1)
-        return step
+        return run_always(step)
+    with step_lock(step):
+        return run_locked(step)
+
+
+def run_always(step: Step) -> Step:
+    started = time.monotonic()
+    step.summary = step.run(step)
+    step.seconds = round(time.monotonic() - started, 1)
+    return step
+
+
+def run_locked(step: Step) -> Step:
     done = check_owner(step)
     if done is not None:
         step.summary, step.seconds, step.load, step.skipped = done["summary"], done["seconds"], done.get("load"), True
@@ -137,12 +163,17 @@ def run_step(step: Step) -> Step:
     return step
 
 
-def run_steps(steps: list[Step]) -> list[Step]:
-    """Check every step's directory first (a stale one fails before any work), then run them in order."""
-    for step in steps:
+def run_steps(steps: list[Step], only: list[str] | None = None) -> list[Step]:
+    """Check every step's directory first (a stale one fails before any work), then run them in order;
+    with `only`, just the named steps (the others are left as they are)."""
+    unknown = sorted(set(only or []) - {s.name for s in steps})
+    if unknown:
+        raise LoopError(f"--only: no step named {unknown[0]} (steps: {', '.join(s.name for s in steps)})")
+    chosen = [s for s in steps if s.always or only is None or s.name in only]
+    for step in chosen:
         if not step.always:
             check_owner(step)
-    return [run_step(step) for step in steps]
+    return [run_step(step) for step in chosen]
 
 
 def format_seconds(seconds: float) -> str:
