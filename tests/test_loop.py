@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -227,3 +228,15 @@ def test_the_table_reports_each_policy_against_the_start_and_dpo_against_sft(tmp
     assert (tmp_path / "charts" / "policies.png").stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["policies"]["dpo"]["math_vs_sft"]["value"] == pytest.approx(0.2)
+
+
+def test_a_failed_step_reports_the_commands_own_error_line(tmp_path):
+    from pipelines.looping.commands import run_logged
+
+    script = ("import sys; print('working'); print('error: vLLM server exited before it was ready; last log lines:'); "
+              "print('RuntimeError: Engine core initialization failed'); sys.exit(2)")
+    with pytest.raises(LoopError) as failure:
+        run_logged([sys.executable, "-c", script], tmp_path / "log.txt", "synth", every=5)
+    assert failure.value.exit_code == 2
+    assert str(failure.value).startswith("step synth failed (exit 2): error: vLLM server exited before it was ready")
+    assert "working" in (tmp_path / "log.txt").read_text()

@@ -43,9 +43,11 @@ def error_line(path: Path) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    for line in reversed(text.splitlines()):
-        if line.startswith("error:") or re.match(r"^\w+(Error|Exception): ", line):
-            return line.strip()
+    lines = text.splitlines()
+    for wanted in (lambda line: line.startswith("error:"), lambda line: re.match(r"^\w+(Error|Exception): ", line)):
+        found = next((line.strip() for line in reversed(lines) if wanted(line)), None)
+        if found:
+            return found
     return last_line(path, 300)
 
 
