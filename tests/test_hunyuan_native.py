@@ -185,6 +185,22 @@ def test_cross_layer_uses_its_group_keys_with_its_own_key_norm():
     assert not hasattr(model.model.layers[1].self_attn, "k_proj")
 
 
+def test_cross_layer_reading_keys_normed_by_its_group_computes_the_same():
+    """What a shared serving cache holds (keys normed by the group's first layer) gives the same
+    logits once the cross layer moves its key-norm weight onto the query (read_keys_from)."""
+    model = tiny_model(use_cla=True, cla_share_factor=2)
+    ids = torch.randint(3, 96, (2, 9))
+    with torch.no_grad():
+        expected = model(ids).logits
+        for cross in (1, 3):
+            model.model.layers[cross].self_attn.read_keys_from(model.model.layers[cross - 1].self_attn)
+        shared = model(ids).logits
+    torch.testing.assert_close(shared, expected, atol=1e-5, rtol=1e-5)
+    assert "_key_source" not in dict(model.named_modules())  # a reference, not a submodule
+    with pytest.raises(ValueError, match="does not read layer 2"):
+        model.model.layers[1].self_attn.read_keys_from(model.model.layers[2].self_attn)
+
+
 def test_sdpa_equals_eager_and_padding_is_masked():
     model = tiny_model()
     ids = torch.randint(3, 96, (1, 7))

@@ -2,12 +2,16 @@
 (the native Hunyuan module, through our plugin and vLLM's Transformers backend), on
 `tiny-hunyuan-moe` (transformers' hunyuan_v1_moe) and on a tiny native model with everything
 smollm2-moe leaves off (QK-norm, CLA, top-2, NTK-alpha RoPE). Greedy continuations must be
-identical and prompt log-probabilities equal within float32 tolerance."""
+identical and prompt log-probabilities equal within float32 tolerance. The CLA model's cross layers
+share their group's KV cache in vLLM too: the cache's bytes per token are half those of a model
+whose every layer keeps its own K/V."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +31,7 @@ PROMPTS = [
 NEW_TOKENS = 16
 LOGPROB_TOLERANCE = 1e-3  # float32 on both sides; vLLM's CPU kernels sum in another order
 SERVER_ARGS = ["--enforce-eager", "--dtype", "float32", "--no-enable-chunked-prefill", "--max-model-len", "1024"]
+KV_CACHE_GIB = 1
 
 
 def _plugin_installed() -> bool:
@@ -42,11 +47,14 @@ def _complete(server: VLLMServer, prompt_ids: list[int]) -> dict:
         return json.load(response)["choices"][0]
 
 
-def serve_and_collect(model_dir: str, prompts: list[list[int]]) -> list[dict]:
-    server = VLLMServer(model_dir, "m", args=SERVER_ARGS, env={"VLLM_CPU_KVCACHE_SPACE": "1"}, start_timeout=600)
+def serve_and_collect(model_dir: str, prompts: list[list[int]]) -> tuple[list[dict], int]:
+    """The completions, and the KV cache size in tokens that the server reported."""
+    server = VLLMServer(model_dir, "m", args=SERVER_ARGS, env={"VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB)},
+                        start_timeout=600)
     try:
         server.start()
-        return [_complete(server, ids) for ids in prompts]
+        tokens = re.search(r"KV cache size: ([\d,]+) tokens", server.log_path.read_text(errors="replace"))
+        return [_complete(server, ids) for ids in prompts], int(tokens.group(1).replace(",", ""))
     finally:
         server.stop()
         group = server.proc.pid if server.proc else None
@@ -64,11 +72,12 @@ def check_parity(model_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for p in PROMPTS]
-    served = serve_and_collect(model_dir, prompts)  # the server is gone before transformers runs
+    served, kv_tokens = serve_and_collect(model_dir, prompts)  # the server is gone before transformers runs
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    report = {"max_prompt_logprob_diff": 0.0, "greedy_tokens_equal": 0, "ties": 0}
+    report = {"max_prompt_logprob_diff": 0.0, "greedy_tokens_equal": 0, "ties": 0,
+              "kv_bytes_per_token": KV_CACHE_GIB * 2**30 / kv_tokens}
     for ids, choice in zip(prompts, served):
         with torch.no_grad():
             logprobs = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
@@ -141,4 +150,20 @@ def test_vllm_serves_the_trained_function(alias):
 
 
 def test_vllm_serves_qk_norm_and_cross_layer_attention(tiny_native_cla):
-    print("tiny native (QK-norm, CLA, top-2)", check_parity(tiny_native_cla))
+    report = check_parity(tiny_native_cla)
+    print("tiny native (QK-norm, CLA, top-2)", report)
+    config = json.loads((Path(tiny_native_cla) / "config.json").read_text())
+    per_layer = 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # K and V, float32
+    kv_layers = config["num_hidden_layers"] // config["cla_share_factor"]
+    assert report["kv_bytes_per_token"] == pytest.approx(kv_layers * per_layer, rel=0.01)  # half of all 4 layers'
+
+
+
+def test_cross_layers_read_their_group_cache():
+    from posttrain.hunyuan.configuration import HunYuanConfig
+    from posttrain.hunyuan.vllm_model import cache_target
+
+    config = HunYuanConfig(num_hidden_layers=6, hidden_size=64, num_attention_heads=2, use_cla=True, cla_share_factor=3)
+    targets = [cache_target(f"model.layers.{i}.self_attn.attn", config) for i in range(6)]
+    assert targets == [None, "model.layers.0.self_attn.attn", "model.layers.0.self_attn.attn",
+                       None, "model.layers.3.self_attn.attn", "model.layers.3.self_attn.attn"]

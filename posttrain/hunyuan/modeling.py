@@ -20,6 +20,10 @@ Cross-layer attention (CLA): a cross layer attends with its group's first layer'
 values: post-RoPE keys *before* QK-norm (each layer normalises them with its own
 `key_layernorm`, as Tencent's code does) and values. The KV cache holds them once per group,
 in the slot of the group's first layer, so factor 2 stores half of what a model without CLA does.
+A serving engine that keeps one cache per group (vLLM, posttrain/hunyuan/vllm_model.py) holds the
+keys as the group's first layer *normalised* them; `read_keys_from` lets a cross layer attend to
+those: RMSNorm is w * k / rms(k), so w_c * n(k) = (w_c / w_s) * (w_s * n(k)) and the cross layer
+moves its own key-norm weight onto the query (q . (w_c * n(k)) = (q * w_c / w_s) . (w_s * n(k))).
 """
 from __future__ import annotations
 
@@ -205,6 +209,15 @@ class HunYuanAttention(nn.Module):
         if config.use_qk_norm:
             self.query_layernorm = HunYuanRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.key_layernorm = HunYuanRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self._key_source = None  # see read_keys_from
+
+    def read_keys_from(self, source: "HunYuanAttention") -> None:
+        """A cross layer attends to the keys as `source` (its group's first layer) normalised them,
+        i.e. as a cache shared by the group holds them; exact while `source`'s key-norm weights are
+        non-zero (module docstring). Only serving engines with such a cache set this."""
+        if not (self.is_cross and source.layer_idx == self.kv_layer_idx):
+            raise ValueError(f"layer {self.layer_idx} does not read layer {source.layer_idx}'s keys")
+        object.__setattr__(self, "_key_source", source)  # a plain reference, not a second submodule
 
     def forward(self, hidden_states, position_embeddings, attention_mask, shared_kv=None,
                 past_key_values: Cache | None = None, **kwargs):
@@ -225,7 +238,13 @@ class HunYuanAttention(nn.Module):
                 keys, values = past_key_values.update(keys, values, self.layer_idx)
         attn_keys = keys
         if self.config.use_qk_norm:
-            query, attn_keys = self.query_layernorm(query), self.key_layernorm(keys)
+            query = self.query_layernorm(query)
+            if self._key_source is None:
+                attn_keys = self.key_layernorm(keys)
+            else:  # the keys as the group's first layer normalised them (read_keys_from)
+                source_norm = self._key_source.key_layernorm
+                query = query * (self.key_layernorm.weight / source_norm.weight).to(query.dtype)
+                attn_keys = source_norm(keys)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward)
