@@ -4,15 +4,21 @@
 last log line, the routed choices each expert processed, and the choices dropped or recycled by
 capacity routing. `flush()` returns the figures and starts a new window:
 
-    moe/expert_load_max_share     busiest expert's share of its layer's choices, worst layer
-                                  (1/num_experts = perfectly even; 1.0 = one expert takes all)
+    moe/expert_load_max_share     busiest expert's share of the choices its layer processed, worst
+                                  layer (1/num_experts = perfectly even; 1.0 = one expert takes all)
     moe/expert_load_min_share     idlest expert's share, worst layer (0 = an expert got nothing)
-    moe/layer_<i>/max_share       the same per layer
+    moe/router_demand_max_share   the same before capacity: the share of its layer's choices the
+                                  router gave its favourite expert, worst layer. With capacity
+                                  routing the processed load stays near 1/num_experts whatever
+                                  the router wants; this is what the router has learnt.
+    moe/layer_<i>/max_share       processed share of the busiest expert, per layer
+    moe/layer_<i>/demand_max_share  the router's share for its favourite expert, per layer
     moe/dropped, moe/recycled     choices dropped / sent to another expert by capacity routing
     moe/dropped_share             dropped / all routed choices
 
-Sources: our native Hunyuan module's `last_routing` (RoutingStats: load, kept, recycled,
-dropped) and, for transformers' `hunyuan_v1_moe`, the experts its gate selects. Only training
+Sources: our native Hunyuan module's `last_routing` (RoutingStats: load, demand, kept,
+recycled, dropped) and, for transformers' `hunyuan_v1_moe` (dropless: demand = load), the
+experts its gate selects. Only training
 forwards count (eval, generation and the frozen DPO reference do not); under gradient
 checkpointing a layer's recomputation counts again, which leaves the shares unchanged. Counts are
 this process's (rank 0 logs its own share of a data-parallel batch).
@@ -29,6 +35,7 @@ _LAYER = re.compile(r"layers\.(\d+)\.")
 class ExpertLoad:
     def __init__(self, model):
         self.load: dict[int, torch.Tensor] = {}
+        self.demand: dict[int, torch.Tensor] = {}
         self.dropped = 0
         self.recycled = 0
         self.handles = [self._hook(name, module) for name, module in model.named_modules()
@@ -55,17 +62,21 @@ class ExpertLoad:
                 return
             if source == "routing_stats":
                 stats = mod.last_routing
-                self._add(layer, stats.load)
+                self._add(self.load, layer, stats.load)
+                self._add(self.demand, layer, stats.demand)
                 self.dropped += int(stats.dropped)
                 self.recycled += int(stats.recycled)
             else:
-                self._add(layer, torch.bincount(output[2].reshape(-1), minlength=mod.num_experts))
+                load = torch.bincount(output[2].reshape(-1), minlength=mod.num_experts)
+                self._add(self.load, layer, load)
+                self._add(self.demand, layer, load)
 
         return module.register_forward_hook(count)
 
-    def _add(self, layer: int, load: torch.Tensor) -> None:
+    @staticmethod
+    def _add(counts: dict[int, torch.Tensor], layer: int, load: torch.Tensor) -> None:
         load = load.detach().to("cpu", torch.long)
-        self.load[layer] = self.load[layer] + load if layer in self.load else load.clone()
+        counts[layer] = counts[layer] + load if layer in counts else load.clone()
 
     def flush(self) -> dict[str, float]:
         """The figures since the last flush (empty when no training forward ran), then reset."""
@@ -81,14 +92,22 @@ class ExpertLoad:
                 max_shares.append((load.max() / total).item())
                 min_shares.append((load.min() / total).item())
                 logs[f"moe/layer_{layer}/max_share"] = round(max_shares[-1], 4)
+        demand_shares = []
+        for layer in sorted(self.demand):
+            demand = self.demand[layer].double()
+            if demand.sum():
+                demand_shares.append((demand.max() / demand.sum()).item())
+                logs[f"moe/layer_{layer}/demand_max_share"] = round(demand_shares[-1], 4)
         if max_shares:
             logs["moe/expert_load_max_share"] = round(max(max_shares), 4)
             logs["moe/expert_load_min_share"] = round(min(min_shares), 4)
+        if demand_shares:
+            logs["moe/router_demand_max_share"] = round(max(demand_shares), 4)
         logs["moe/dropped"] = self.dropped
         logs["moe/recycled"] = self.recycled
         all_choices = routed + self.dropped
         logs["moe/dropped_share"] = round(self.dropped / all_choices, 4) if all_choices else 0.0
-        self.load, self.dropped, self.recycled = {}, 0, 0
+        self.load, self.demand, self.dropped, self.recycled = {}, {}, 0, 0
         return logs
 
     def remove(self) -> None:

@@ -96,10 +96,24 @@ def test_expert_load_counts_training_forwards_only(tokenizer):
     model(ids).logits.sum().backward()
     logs = load.flush()
     assert set(logs) >= {"moe/expert_load_max_share", "moe/layer_0/max_share", "moe/layer_1/max_share",
+                         "moe/router_demand_max_share", "moe/layer_1/demand_max_share",
                          "moe/dropped", "moe/recycled", "moe/dropped_share"}
     # capacity 1.0 with recycle: every one of the 48 choices per layer is processed, none above capacity
     assert logs["moe/dropped"] == 0 and logs["moe/expert_load_max_share"] <= 12 / 48
     assert load.flush() == {}  # a new window
+
+
+def test_router_demand_is_logged_apart_from_the_load_capacity_lets_through(tokenizer):
+    model = native_policy(tokenizer).train()
+    with torch.no_grad():
+        for name, param in routers(model).items():
+            model.get_parameter(name).zero_()  # a flat router: every token's first choice is expert 0
+    load = ExpertLoad(model)
+    model(torch.randint(0, 1000, (2, 24)))
+    logs = load.flush()
+    assert logs["moe/router_demand_max_share"] == 1.0 and logs["moe/layer_0/demand_max_share"] == 1.0
+    assert logs["moe/expert_load_max_share"] == 0.25  # capacity 12 of 48 per expert, the rest recycled
+    assert logs["moe/recycled"] == 2 * 36 and logs["moe/dropped"] == 0
 
 
 def test_expert_load_of_transformers_hunyuan_v1_moe(tokenizer):
@@ -145,7 +159,8 @@ def test_sft_trains_the_router_logs_the_load_and_derives_the_expert_lr(tmp_path,
     for h in logs:
         assert math.isfinite(h["loss"]) and h["aux_loss"] > 0
         assert 0.25 <= h["moe/expert_load_max_share"] <= 1.0 and h["moe/dropped"] == 0
-        assert {"moe/layer_0/max_share", "moe/layer_1/max_share", "moe/recycled"} <= set(h)
+        assert 0.25 <= h["moe/router_demand_max_share"] <= 1.0
+        assert {"moe/layer_0/max_share", "moe/layer_1/demand_max_share", "moe/recycled"} <= set(h)
         assert h["lr/experts"] == pytest.approx(expert_lr_ratio(4, 1) * h["lr/shared_expert"])
     assert cfg.moe.expert_lr_ratio == pytest.approx(expert_lr_ratio(4, 1))  # the card states the value used
 

@@ -28,6 +28,7 @@ class RoutingStats:
     """What one routing call did, for logging the expert load (detached)."""
 
     load: torch.Tensor  # [num_experts] choices each expert processes
+    demand: torch.Tensor  # [num_experts] choices the router made for each expert, before capacity
     kept: int  # choices that went to their first-choice expert
     recycled: int  # choices moved to another expert with room
     dropped: int  # choices no expert processes
@@ -51,9 +52,9 @@ def route(logits: torch.Tensor, top_k: int, capacity: int | None = None, recycle
     probs = F.softmax(logits.float(), dim=-1)
     top_probs, experts = probs.topk(top_k, dim=-1)
     norm = top_probs.sum(-1, keepdim=True) if top_k > 1 else torch.ones_like(top_probs[:, :1])
+    demand = torch.bincount(experts.reshape(-1), minlength=num_experts).detach()
     if capacity is None:
-        load = torch.bincount(experts.reshape(-1), minlength=num_experts)
-        return Routing(experts, top_probs / norm, RoutingStats(load.detach(), experts.numel(), 0, 0))
+        return Routing(experts, top_probs / norm, RoutingStats(demand, demand, experts.numel(), 0, 0))
 
     # rank-major order: all first choices, then all second choices, ...
     flat = experts.t().reshape(-1)
@@ -70,7 +71,7 @@ def route(logits: torch.Tensor, top_k: int, capacity: int | None = None, recycle
     weights = weights * (routed < num_experts)
     load = torch.bincount(flat, minlength=num_experts + 1)[:num_experts]
     dropped = flat.numel() - kept - recycled
-    return Routing(routed, weights, RoutingStats(load.detach(), kept, recycled, dropped))
+    return Routing(routed, weights, RoutingStats(load.detach(), demand, kept, recycled, dropped))
 
 
 def _recycle(flat: torch.Tensor, keep: torch.Tensor, capacity: int, num_experts: int):
