@@ -35,13 +35,16 @@ def write_model_card(
     metrics: dict[str, float] | None = None,
     param_groups: str = "",
     notes: str = "",
+    hub_repo: str = "",
+    auto_class: str = "AutoModelForCausalLM",
 ) -> Path:
-    """Write README.md in `output_dir` and return its path."""
+    """Write README.md in `output_dir` and return its path. `hub_repo`: where the model is pushed
+    (the usage snippet loads it from there); `auto_class`: the transformers class that loads it."""
     front: dict[str, Any] = {"library_name": "transformers"}
     if _is_hub_id(base_model):
         front["base_model"] = base_model  # the hub links it; local paths and aliases stay in the text
     front["tags"] = ["synthpost", "trl", method.lower().replace(" ", "-")]
-    front["pipeline_tag"] = "text-generation"
+    front["pipeline_tag"] = "text-generation" if auto_class == "AutoModelForCausalLM" else "text-classification"
     if _is_hub_id(dataset):
         front["datasets"] = [dataset]
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
@@ -58,9 +61,10 @@ def write_model_card(
         lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())] + [""]
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
-    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f"model = AutoModelForCausalLM.from_pretrained({str(output_dir)!r})",
-              f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})", "```", ""]
+    source = hub_repo or str(output_dir)
+    lines += ["## Use", "", "```python", f"from transformers import {auto_class}, AutoTokenizer",
+              f"model = {auto_class}.from_pretrained({source!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({source!r})", "```", ""]
     path = Path(output_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -2,8 +2,9 @@
 
 - A checkpoint counts only when it is **complete**: `CommitCheckpoint`, the last callback of a
   trainer, writes `MARKER` into `checkpoint-N/` after the Trainer and every other callback (EMA
-  shadow, DPO round state) have written their files. A kill at any moment of a save leaves either
-  no marker (the checkpoint is ignored and later removed) or a complete checkpoint.
+  shadow, DPO round state) have written their files on every rank (a barrier comes first). A kill
+  at any moment of a save leaves either no marker (the checkpoint is ignored and later removed) or
+  a complete checkpoint.
 - Rotation is ours too (the Trainer's `save_total_limit` is off): after a commit, the newest
   `keep` complete checkpoints stay and everything older goes, so a kill can never leave a run
   with only a half-written checkpoint.
@@ -68,6 +69,7 @@ class CommitCheckpoint(TrainerCallback):
         self.keep = keep
 
     def on_save(self, args, state, control, **kwargs):
+        every_rank_done()  # each rank writes its own files (RNG state, FSDP shards): all must be there
         if not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -75,6 +77,14 @@ class CommitCheckpoint(TrainerCallback):
             return
         write_json_atomic(checkpoint / MARKER, {"global_step": state.global_step})
         rotate(args.output_dir, self.keep)
+
+
+def every_rank_done() -> None:
+    """A barrier over the run's processes (nothing to wait for in a one-process run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def rotate(output_dir: str | Path, keep: int) -> None:

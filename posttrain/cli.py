@@ -3,8 +3,11 @@
     accelerate launch posttrain/sft.py --config FILE [--key value ...] [--help]
 
 `--help` prints the command's docstring and every config key with its help text; a bad config,
-dataset or model is one line on stderr and exit code 2. The trainers never know which launcher
-runs them (python, `accelerate launch`, FSDP, DeepSpeed).
+dataset or model is one line on stderr and exit code 2. The process group exists before any model
+loads (posttrain/distributed.py); the trainers never know which launcher runs them (python,
+`accelerate launch`, FSDP, DeepSpeed). With `push_to_hub: REPO` the token is checked before
+training and the main process uploads the output directory after it (posttrain/hub.py); a failed
+upload is one line with the command that retries it, exit 1.
 """
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ import sys
 from typing import Any, Callable
 
 from datagen.config import ConfigError, format_keys, load_config
+from datagen.hub import PushError, require_token
 from datagen.inference.base import InferenceError
 from posttrain.data import DataError
+from posttrain.distributed import init_distributed
+from posttrain.hub import push_model, retry_command
 from posttrain.models import ModelLoadError
 from rewards.reward_model import RewardModelError
 
@@ -48,12 +54,34 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
         print(f"{doc.strip()}\n\nConfig keys (YAML or --key value):\n{format_keys(config_cls)}\n{extra_help}")
         return 0
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    for noisy in ("httpx", "httpcore"):  # one line per hub request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = load_config(config_cls, config_path, overrides)
+        repo = getattr(cfg, "push_to_hub", "")
+        if repo:
+            require_token()  # before any work, not after the training
+        process = init_distributed()  # before any model loads: ZeRO-3 / FSDP init, one job over all ranks
+        if not process.is_main_process:
+            logging.getLogger().setLevel(logging.WARNING)  # one progress log per job, not one per rank
         summary = train(cfg)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, PushError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last_log"}
     logging.getLogger(name).info("done: %s", json.dumps(brief, default=str))
+    if repo and process.is_main_process:
+        return upload(cfg.output_dir, repo, getattr(cfg, "hub_private_repo", True))
+    return 0
+
+
+def upload(output_dir: str, repo: str, private: bool) -> int:
+    """Push the trained model; one line either way (a failure names the command that retries it)."""
+    try:
+        url = push_model(output_dir, repo, private)
+    except PushError as err:
+        print(f"error: {err} — the model is complete in {output_dir}; retry the upload with: "
+              f"{retry_command(output_dir, repo, private)}", file=sys.stderr)
+        return 1
+    print(f"uploaded: {url}")
     return 0

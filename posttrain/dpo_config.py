@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from datagen.config import ConfigError, option
 from posttrain.ema import EMAConfig
+from posttrain.hub import HUB_FIXED, check_repo_id
 from posttrain.models import ModelSpec
 from posttrain.moe import MoEConfig
 from posttrain.online.config import OnlineConfig
@@ -21,7 +22,7 @@ FIXED = {
     "save_total_limit": "keep_checkpoints: only complete checkpoints count", "report_to": "from report_to",
     "ignore_data_skip": "a resume skips the slots already trained", "data_seed": "from seed",
     "precompute_ref_log_probs": "online pairs are new every round",
-    "push_to_hub": "not during training", "dataloader_pin_memory": "on when CUDA is there",
+    "dataloader_pin_memory": "on when CUDA is there", **HUB_FIXED,
 }
 
 
@@ -68,6 +69,9 @@ class DPORunConfig:
     resume: str = option("auto", "auto = newest finished round in output_dir if any; never; or a checkpoint path")
     report_to: str = option("tensorboard", "tensorboard (offline, DIR/runs/dpo) | none | any transformers integration")
     seed: int = option(42, "data order and mixing; online sampling uses seed + round index")
+    push_to_hub: str = option("", "after the final save, upload model, tokenizer and card to this hub model repo "
+                                  "(token: HF_TOKEN); empty = no upload")
+    hub_private_repo: bool = option(True, "a repo that push_to_hub creates is private unless false")
     trl_args: dict[str, Any] = option({}, "any other field of trl.DPOConfig, by its own name (checked against it)")
 
     def __post_init__(self) -> None:
@@ -86,6 +90,7 @@ class DPORunConfig:
             raise ValueError(f"loss_weights needs one weight per loss_type: {self.loss_type} vs {self.loss_weights}")
         if self.rm_refresh.enabled and self.reward.kind != "classifier":
             raise ValueError("rm_refresh needs reward.kind: classifier (only a reward model can be retrained)")
+        check_repo_id(self.push_to_hub)
         self.trl_args = check_trl_args(DPOConfig, self.trl_args, self, FIXED)
 
     @property

@@ -276,7 +276,7 @@ def export(cfg: DPORunConfig, run: DPORun, trainer, ema: EMACallback | None, pro
         (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         metrics = {k: v for k, v in summary.get("last_log", {}).items() if isinstance(v, (int, float))}
         write_model_card(out, method="DPO", base_model=cfg.model.name, dataset=cfg.dataset, recipe=to_dict(cfg),
-                         data_report=report.to_dict(), metrics=metrics,
+                         data_report=report.to_dict(), metrics=metrics, hub_repo=cfg.push_to_hub,
                          notes=f"One-stage DPO (sigmoid + SFT loss) mixing offline pairs with online best/worst-of-"
                                f"{cfg.online.num_samples} pairs (ratio {cfg.online.ratio}); saved weights: "
                                f"{summary['weights']}. Pairs skipped online: {dict(rounds.skipped_total) or 'none'}.")

@@ -6,11 +6,12 @@ from typing import Any, Literal
 
 from datagen.config import option
 from posttrain.ema import EMAConfig
+from posttrain.hub import HUB_FIXED, check_repo_id
 
 FIXED = {
     "eval_strategy": "every epoch when there is an eval split", "save_strategy": "every save_steps",
     "save_total_limit": "keep_checkpoints: only complete checkpoints count", "report_to": "from report_to",
-    "data_seed": "from seed", "push_to_hub": "not during training",
+    "data_seed": "from seed", **HUB_FIXED,
     "center_rewards_coefficient": "from center_rewards_coefficient (0 = off)",
     "dataloader_pin_memory": "on when CUDA is there",
 }
@@ -48,6 +49,9 @@ class RMRunConfig:
     resume: str = option("auto", "auto = newest complete checkpoint in output_dir if any; never; or a checkpoint path")
     report_to: str = option("tensorboard", "tensorboard | none | any transformers integration")
     seed: int = option(42, "score-head init, data order")
+    push_to_hub: str = option("", "after the final save, upload model, tokenizer and card to this hub model repo "
+                                  "(token: HF_TOKEN); empty = no upload")
+    hub_private_repo: bool = option(True, "a repo that push_to_hub creates is private unless false")
     trl_args: dict[str, Any] = option({}, "any other field of trl.RewardConfig, by its own name (checked against it)")
 
     def __post_init__(self) -> None:
@@ -55,4 +59,5 @@ class RMRunConfig:
 
         from posttrain.trl_args import check_trl_args
 
+        check_repo_id(self.push_to_hub)
         self.trl_args = check_trl_args(RewardConfig, self.trl_args, self, FIXED)

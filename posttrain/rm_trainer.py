@@ -70,11 +70,12 @@ def build_training_args(cfg: RMRunConfig, has_eval: bool) -> RewardConfig:
 def train(cfg: RMRunConfig) -> dict:
     """Train, export (EMA weights by default) and describe the reward model; returns final metrics."""
     checkpoint = find_checkpoint(cfg.output_dir, cfg.resume)
+    args = build_training_args(cfg, has_eval=cfg.eval_fraction > 0)  # before the weights load: ZeRO-3 / FSDP init
     model, tokenizer = load_reward_model(cfg.model, cfg.dtype, cfg.seed)
     train_rows, eval_rows, report = load_rm_data(cfg, tokenizer)
     log.info(report.summary())
     ema = EMACallback(cfg.ema)
-    trainer = ResumableRewardTrainer(model=model, args=build_training_args(cfg, eval_rows is not None),
+    trainer = ResumableRewardTrainer(model=model, args=args,
                                      train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer,
                                      callbacks=[ema] if cfg.ema.enabled else [])
     trainer.add_callback(CommitCheckpoint(cfg.keep_checkpoints))  # last: after the EMA state is written
@@ -97,6 +98,7 @@ def save_final(trainer, cfg: RMRunConfig, report: DataReport, metrics: dict) -> 
     if save_with_card(trainer, cfg.output_dir, report, method="Reward model", base_model=cfg.model,
                       dataset=cfg.dataset, recipe=to_dict(cfg),
                       metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                      hub_repo=cfg.push_to_hub, auto_class="AutoModelForSequenceClassification",
                       notes=f"Sequence-classification reward model (one output) trained with TRL's RewardTrainer; "
                             f"saved with {weights}. Use it as `reward: {{kind: classifier, model: DIR}}`."):
         log.info("saved reward model and card to %s", cfg.output_dir)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from datagen.config import option
+from posttrain.hub import HUB_FIXED, check_repo_id
 from posttrain.models import ModelSpec
 from posttrain.moe import MoEConfig
 from posttrain.sft_data import DataConfig
@@ -16,7 +17,7 @@ FIXED = {
     "eval_strategy": "from eval_steps", "eval_steps": "from eval_steps",
     "save_strategy": "every save_steps", "save_total_limit": "keep_checkpoints: only complete checkpoints count",
     "report_to": "from report_to", "data_seed": "from seed", "dataloader_pin_memory": "on when CUDA is there",
-    "completion_only_loss": "the loss falls on the answer", "push_to_hub": "not during training",
+    "completion_only_loss": "the loss falls on the answer", **HUB_FIXED,
 }
 
 
@@ -54,6 +55,9 @@ class SFTRunConfig:
     report_to: str = option("tensorboard", "tensorboard (offline event files) | none | any transformers integration")
     seed: int = option(42, "model init of new heads, data order, dropout")
     dataloader_num_workers: int = option(0, "background workers feeding batches")
+    push_to_hub: str = option("", "after the final save, upload model, tokenizer and card to this hub model repo "
+                                  "(token: HF_TOKEN); empty = no upload")
+    hub_private_repo: bool = option(True, "a repo that push_to_hub creates is private unless false")
     trl_args: dict[str, Any] = option({}, "any other field of trl.SFTConfig, by its own name (checked against it)")
 
     def __post_init__(self):
@@ -66,4 +70,5 @@ class SFTRunConfig:
                              f"{self.min_learning_rate} and {self.learning_rate}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        check_repo_id(self.push_to_hub)
         self.trl_args = check_trl_args(SFTConfig, self.trl_args, self, FIXED)

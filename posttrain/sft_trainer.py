@@ -30,7 +30,8 @@ class MoESFTTrainer(MoETrainerMixin, SFTTrainer):
     """SFTTrainer with MoE parameter groups, per-group LR logging and an expert-safe resume."""
 
 
-def build_training_args(cfg: SFTRunConfig, has_eval: bool, moe_model: bool) -> SFTConfig:
+def build_training_args(cfg: SFTRunConfig, has_eval: bool) -> SFTConfig:
+    """Built before the model loads: the process group, and ZeRO-3's init hook, then exist."""
     scheduler_kwargs = {}
     if cfg.lr_scheduler_type == "cosine_with_min_lr":
         # a rate, not an absolute LR: every parameter group decays by the same factor
@@ -40,7 +41,7 @@ def build_training_args(cfg: SFTRunConfig, has_eval: bool, moe_model: bool) -> S
         SFTConfig, cfg, defaults={"packing_strategy": "bfd"},
         lr_scheduler_kwargs=scheduler_kwargs,
         completion_only_loss=True,
-        router_aux_loss_coef=cfg.moe.router_aux_loss_coef if moe_model else None,
+        router_aux_loss_coef=None,  # set once the model is known to be a MoE (build_trainer)
         eval_strategy="steps" if has_eval and eval_every else "no",
         eval_steps=eval_every,
         save_strategy="steps",
@@ -57,11 +58,13 @@ def build_trainer(cfg: SFTRunConfig, model=None, tokenizer=None, callbacks=None)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     train, evaluation, report = load_sft_splits(cfg.dataset, cfg.data, tokenizer, cfg.max_length)
     log.info(report.summary())
+    args = build_training_args(cfg, has_eval=evaluation is not None)  # before the weights load
     if model is None:
         model = load_policy(cfg.model, cfg.moe)
     else:
         prepare_moe_model(model, cfg.moe)  # same recipe for a model built in memory
-    args = build_training_args(cfg, has_eval=evaluation is not None, moe_model=is_moe(model))
+    if is_moe(model):
+        args.router_aux_loss_coef = cfg.moe.router_aux_loss_coef
     trainer = MoESFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                             processing_class=tokenizer, moe_config=cfg.moe, callbacks=callbacks)
     trainer.add_callback(CommitCheckpoint(cfg.keep_checkpoints))  # last: after every state writer
@@ -87,7 +90,7 @@ def save_final(trainer, cfg: SFTRunConfig, report: DataReport, metrics: dict) ->
     groups = build_param_groups(trainer.model, cfg.learning_rate, cfg.weight_decay, cfg.moe)
     if save_with_card(trainer, cfg.output_dir, report, method="SFT", base_model=cfg.model.name,
                       dataset=cfg.dataset, recipe=to_dict(cfg), metrics=_card_metrics(metrics, trainer),
-                      param_groups=describe_param_groups(groups)):
+                      param_groups=describe_param_groups(groups), hub_repo=cfg.push_to_hub):
         log.info("saved model, tokenizer and model card to %s", cfg.output_dir)
 
 

@@ -23,7 +23,30 @@ def launch_args(name: str):
 
 
 def test_every_shipped_config_is_covered():
-    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == ["deepspeed_zero3.yaml", "fsdp.yaml", "single.yaml"]
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == ["ddp_cpu.yaml", "deepspeed_zero3.yaml", "fsdp.yaml",
+                                                             "fsdp_cpu.yaml", "single.yaml"]
+
+
+def test_cpu_configs_start_two_workers_through_torchrun():
+    """`--cpu` would start one process (accelerate needs mpirun for more); the CPU configs take the
+    torchrun launcher, whose workers posttrain/distributed.py joins into one gloo group."""
+    from accelerate.utils import DistributedType
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args, defaults = launch_args("ddp_cpu.yaml")
+    assert defaults.distributed_type == DistributedType.MULTI_GPU
+    assert (args.multi_gpu, args.cpu, args.use_fsdp, args.num_processes) == (True, False, False, 2)
+    env = prepare_multi_gpu_env(args)
+    assert "ACCELERATE_USE_FSDP" not in env and env["ACCELERATE_MIXED_PRECISION"] == "no"
+
+    args, defaults = launch_args("fsdp_cpu.yaml")
+    assert defaults.distributed_type == DistributedType.FSDP
+    assert (args.use_fsdp, args.cpu, args.num_processes) == (True, False, 2)
+    env = prepare_multi_gpu_env(args)
+    assert (env["ACCELERATE_USE_FSDP"], env["FSDP_VERSION"], env["FSDP_STATE_DICT_TYPE"]) == (
+        "true", "2", "FULL_STATE_DICT")
+    assert args.fsdp_transformer_layer_cls_to_wrap == "HunYuanMoEV1DecoderLayer"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # float32 on CPU
 
 
 def test_single_device_runs_one_plain_process():
@@ -82,7 +105,7 @@ def test_deepspeed_selects_zero_stage_3():
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
-@pytest.mark.parametrize("name", ["fsdp.yaml", "deepspeed_zero3.yaml"])
+@pytest.mark.parametrize("name", ["fsdp.yaml", "fsdp_cpu.yaml", "deepspeed_zero3.yaml"])
 def test_multi_gpu_configs_need_no_optimizer_of_their_own(name):
     """The Trainer builds the optimizer (MoE parameter groups); a DeepSpeed/FSDP optimizer would bypass it."""
     import yaml
