@@ -90,7 +90,9 @@ def main() -> None:
                  for design, results in runs.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=2, default=str))
+    brief = {k: ({kk: vv for kk, vv in v.items() if kk != "rounds"} if isinstance(v, dict) else v)
+             for k, v in report.items()}
+    print(json.dumps(brief, indent=2, default=str))
 
 
 if __name__ == "__main__":
