@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import vllm_processes_of
+from conftest import our_vllm_processes
 from datagen.inference import registry
 from datagen.output import read_records
 from pipelines import synth
@@ -88,7 +88,7 @@ def test_sigkilled_run_resumes_from_the_cache(tmp_path, no_vllm_left_behind):
     done_before_kill = len(list(cache.rglob("*.json")))
     assert done_before_kill >= 8, first.stdout.read()[-3000:]
     time.sleep(2)
-    assert not vllm_processes_of(), "the server outlived its SIGKILLed pipeline"
+    assert not our_vllm_processes(), "the server outlived its SIGKILLed pipeline"
 
     second = run_cli(args)
     log = second.communicate(timeout=1800)[0]
