@@ -97,9 +97,13 @@ def derive_expert_lr_ratio(moe: MoEConfig, model, batch_tokens: float | None = N
     from posttrain.hunyuan.configuration import HunyuanError
     from posttrain.hunyuan.expert_lr import REPORT_BATCH_OVER_NOISE, expert_lr_ratio_for
 
+    from datagen.config import ConfigError
+
     if moe.expert_lr_ratio is not None:
         return moe.expert_lr_ratio, f"expert_lr_ratio {moe.expert_lr_ratio:g} (fixed in the config)"
     config = model.config.get_text_config()
+    if (getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 1) == 1:
+        return 1.0, "no routed experts: expert_lr_ratio unused"
     noise = moe.gradient_noise_scale_tokens or None
     try:
         if noise and batch_tokens:
@@ -110,8 +114,8 @@ def derive_expert_lr_ratio(moe: MoEConfig, model, batch_tokens: float | None = N
             point = (f"B/B_noise = {REPORT_BATCH_OVER_NOISE:.2f}, the report's operating point (B_noise unknown; "
                      f"batch {batch_tokens:,.0f} tokens/step)" if batch_tokens else
                      f"B/B_noise = {REPORT_BATCH_OVER_NOISE:.2f}, the report's operating point")
-    except HunyuanError:
-        return 1.0, "no routed experts: expert_lr_ratio unused"
+    except HunyuanError as err:  # e.g. top-k differing between layers: one ratio cannot fit them all
+        raise ConfigError(f"cannot derive moe.expert_lr_ratio: {err}; set it in the config") from None
     routing = _routing_of(config)
     return ratio, f"expert_lr_ratio {ratio:.3f} derived from {routing} at {point}"
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import posttrain  # noqa: F401  (registers model_type "hunyuan")
+from datagen.config import ConfigError
 from posttrain import dpo_state, dpo_trainer
 from posttrain.dpo_config import DPORunConfig
 from posttrain.ema import EMAConfig
@@ -68,6 +69,9 @@ def test_expert_lr_ratio_is_derived_from_the_routing_unless_fixed(tokenizer):
     assert small == pytest.approx(0.5, abs=1e-3) and huge > 1.0
     dense = native_policy(tokenizer, num_experts=1, use_mixed_mlp_moe=False)
     assert derive_expert_lr_ratio(MoEConfig(), dense, 4096)[0] == 1.0
+    mixed = native_policy(tokenizer, moe_topk=[1, 2])
+    with pytest.raises(ConfigError, match="moe_topk differs between layers.*set it in the config"):
+        derive_expert_lr_ratio(MoEConfig(), mixed, 4096)
 
 
 def test_batch_tokens_come_from_the_trainer_arguments():
