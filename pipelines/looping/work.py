@@ -91,7 +91,7 @@ class LoopPlan:
         changes: dict[str, Any] = {"output.dir": str(self.out / "synth")}
         if self.cfg.synth.decontaminate:
             base = step_config(self.cfg.synth.config, {}).get("decontam", {}).get("benchmarks", [])
-            changes["decontam.benchmarks"] = list(base) + self.benchmark_files()
+            changes["decontam.benchmarks"] = list(base) + [f for f in self.benchmark_files() if f not in base]
         data = step_config(self.cfg.synth.config, {**changes, **self.cfg.synth.set})
         check(SynthConfig, data, "synth")
 
