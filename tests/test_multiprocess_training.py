@@ -1,0 +1,188 @@
+"""Multi-process training on CPU is one job: `accelerate launch` in a subprocess, as a user runs it.
+
+- SFT with 2 processes (DDP over gloo, configs/accelerate/ddp_cpu.yaml) ends with the weights and
+  losses of 1 process at the same global batch (2 x 2 rows vs 1 x 4 rows per step). The router aux
+  loss is off for the comparison: each rank balances its own tokens' routing, so the aux term of
+  2 x 2 rows is not the aux term of 4 rows (measured: 1.4% of the update with it on, 1.5e-5 off).
+- SFT under FSDP on CPU (configs/accelerate/fsdp_cpu.yaml) shards the model (accelerate writes its
+  FSDP checkpoint format) and ends where 1 process ends.
+- DPO with online rounds and 2 processes trains one job: each round's rows cover both ranks' batches.
+- `accelerate launch --num_processes 2 --cpu` starts one process (accelerate needs mpirun for more):
+  refused with one line instead of a lone training.
+- Marked vllm: DPO with online rounds sampled by vLLM under FSDP on CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import posttrain  # noqa: F401  (registers the tiny-hunyuan-moe alias)
+from datagen.inference.models import resolve_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "accelerate"
+MODEL = "tiny-hunyuan-moe"
+TOLERANCE = 1e-3  # relative difference of two runs' weight updates (float sums in another order: ~2e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(launcher: list[str], script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch LAUNCHER script args` on a port of its own (other runs may hold 29500)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", str(free_port()),
+           script, *args]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=900)
+
+
+def with_config(name: str) -> list[str]:
+    return ["--config_file", str(CONFIGS / name)]
+
+
+def write_chats(path: Path) -> str:
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": " ".join([f"It is {2 * i}."] * (1 + i % 4))}]}
+            for i in range(16)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def sft_args(data: str, out: Path, per_device: int) -> list[str]:
+    return ["--output_dir", str(out), "--dataset", data, "--model.name", MODEL, "--max_steps", "3",
+            "--save_steps", "3", "--per_device_train_batch_size", str(per_device), "--max_length", "64",
+            "--learning_rate", "1e-3", "--min_learning_rate", "1e-4", "--logging_steps", "1", "--eval_steps", "0",
+            "--data.eval_fraction", "0", "--moe.router_aux_loss_coef", "0", "--moe.attention_dropout", "0",
+            "--moe.hidden_dropout", "0", "--report_to", "none"]
+
+
+def losses(out: Path) -> list[float]:
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+def update_difference(out: Path, reference: Path) -> float:
+    """|θ − θ_ref| / |θ_ref − θ_0| over every tensor: how far two runs' updates differ."""
+    start = load_file(str(Path(resolve_model(MODEL)) / "model.safetensors"))
+    mine, theirs = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert mine.keys() == theirs.keys() == start.keys()
+    apart = sum(((mine[k] - theirs[k]) ** 2).sum() for k in mine) ** 0.5
+    moved = sum(((theirs[k] - start[k]) ** 2).sum() for k in mine) ** 0.5
+    return (apart / moved).item()
+
+
+def done_lines(run: subprocess.CompletedProcess, name: str) -> list[str]:
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(f"[{name}] done:")]
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> str:
+    return write_chats(tmp_path_factory.mktemp("chats") / "chats.jsonl")
+
+
+@pytest.fixture(scope="module")
+def one_process(sft_data, tmp_path_factory) -> Path:
+    """The reference: one process, 4 rows per step."""
+    from posttrain.sft import main
+
+    out = tmp_path_factory.mktemp("one") / "out"
+    assert main(sft_args(sft_data, out, per_device=4)) == 0
+    return out
+
+
+def test_ddp_sft_on_two_processes_ends_like_one_process(sft_data, one_process, tmp_path):
+    out = tmp_path / "out"
+    run = launch(with_config("ddp_cpu.yaml"), "posttrain/sft.py", sft_args(sft_data, out, per_device=2))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(done_lines(run, "sft")) == 1  # one job, not one per process
+    checkpoint = out / "checkpoint-3"
+    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] == pytest.approx(3 * 4 / 16)
+    assert losses(out) == pytest.approx(losses(one_process), rel=1e-4)
+    assert update_difference(out, one_process) < TOLERANCE
+
+
+def test_fsdp_sft_on_cpu_is_one_sharded_job(sft_data, one_process, tmp_path):
+    out = tmp_path / "out"
+    run = launch(with_config("fsdp_cpu.yaml"), "posttrain/sft.py", sft_args(sft_data, out, per_device=2))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(done_lines(run, "sft")) == 1
+    assert "process 0 of 2 (gloo, FSDP)" in run.stderr
+    # accelerate writes this format only for a model it sharded with FSDP (plain DDP saves none)
+    assert (out / "checkpoint-3" / "pytorch_model_fsdp.bin").is_file()
+    assert losses(out) == pytest.approx(losses(one_process), rel=1e-4)
+    assert update_difference(out, one_process) < TOLERANCE  # the final save gathered the full weights
+
+
+def dpo_args(out: Path) -> list[str]:
+    return ["--config", str(ROOT / "configs/posttrain/dpo_tiny.yaml"), "--output_dir", str(out), "--max_steps", "2",
+            "--online.steps_per_round", "1", "--online.num_samples", "2", "--online.prompts_per_round", "2",
+            "--online.max_new_tokens", "8", "--online.kl_samples", "1", "--online.margin", "0",
+            "--report_to", "none"]
+
+
+def train_rows(out: Path, index: int) -> list[dict]:
+    lines = [json.loads(line) for line in (out / "rounds" / f"round-{index:03d}.jsonl").open()]
+    return [line for line in lines if line["kind"] == "train_row"]
+
+
+def test_ddp_dpo_with_online_rounds_is_one_job(tmp_path):
+    out = tmp_path / "out"
+    run = launch(with_config("ddp_cpu.yaml"), "posttrain/dpo.py", dpo_args(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(done_lines(run, "dpo")) == 1
+    summary = json.loads((out / "dpo_summary.json").read_text())
+    assert summary["global_step"] == 2 and len(summary["round_seconds"]) == 2
+    for index in (0, 1):  # 2 rows per device x 2 processes x 1 step: the round fed both ranks
+        rows = train_rows(out, index)
+        assert len(rows) == 4 and any(r.get("source") == "online" for r in rows), rows
+    assert (out / "checkpoint-2" / "rng_state_1.pth").is_file()
+
+
+def test_a_cpu_launch_that_starts_one_process_for_two_is_refused(sft_data, tmp_path):
+    out = tmp_path / "out"
+    run = launch(["--num_processes", "2", "--cpu"], "posttrain/sft.py", sft_args(sft_data, out, per_device=2))
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "started one process" in errors[0] and "ddp_cpu.yaml" in errors[0], run.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_init_distributed_leaves_a_plain_run_alone(monkeypatch):
+    from posttrain.distributed import init_distributed
+
+    for name in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    state = init_distributed()
+    assert (state.num_processes, state.process_index) == (1, 0) and not torch.distributed.is_initialized()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_vllm_left_behind")
+def test_fsdp_dpo_samples_online_rounds_from_vllm(tmp_path):
+    out = tmp_path / "out"
+    engine = ["--online.backend", "vllm", "--online.vllm.dtype", "float32", "--online.vllm.kv_cache_gib", "1",
+              "--online.vllm.max_model_len", "512", "--online.vllm.start_timeout", "900"]
+    run = launch(with_config("fsdp_cpu.yaml"), "posttrain/dpo.py", dpo_args(out) + engine)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(done_lines(run, "dpo")) == 1
+    summary = json.loads((out / "dpo_summary.json").read_text())
+    assert summary["global_step"] == 2
+    assert summary["engine"]["starts"] == 1 and summary["engine"]["syncs"] == 1  # round 1 got step 1's weights
+    assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()
+    for index in (0, 1):
+        assert len(train_rows(out, index)) == 4
