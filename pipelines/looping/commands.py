@@ -18,7 +18,7 @@ log = logging.getLogger("synthpost.loop")
 _PROGRESS_BAR = re.compile(r"\r")
 _NOISE = ("Loading weights", "Writing model shards", "Generating train split", "Tokenizing", "Map", "Filter",
           "Dropping fully truncated", "Packing", "Adding EOS", "Applying chat template", "Extracting prompt",
-          "Truncating")
+          "Truncating", "[dpo] HTTP Request", "[sft] HTTP Request")
 
 
 def last_line(path: Path, limit: int = 160) -> str:
