@@ -2,7 +2,9 @@
 
 - math: the last `\\boxed{...}`, else "the answer is X" / "Answer: X", else "... = X" at the end,
   else the last number (`extract_math_answer`); `math_equivalent` compares normalised strings,
-  then asks math-verify when both sides are safe to hand to sympy;
+  then asks math-verify when both sides are safe to hand to sympy; `math_differs` says when two
+  answers are proven different (both numbers, or both parsed by math-verify), which makes a minority
+  answer verified-wrong;
 - short answers (closed Q&A): a marked answer or the first sentence, normalised SQuAD-style
   (`extract_short_answer`, `normalize_short`).
 
@@ -96,6 +98,30 @@ def _math_verify_equal(a: str, b: str) -> bool | None:
 def _strip_units(answer: str) -> str:
     # "12 dollars" → "12": otherwise LaTeX parsing reads the unit as a product of symbols.
     return re.sub(r"^(-?[\d.,/]+)\s+[A-Za-z][A-Za-z\s]*$", r"\1", answer)
+
+
+def math_differs(a: str, b: str) -> bool:
+    """Proven different: both read as numbers that differ, or math-verify parses both and says unequal.
+    Answers it cannot read are not proven anything (False)."""
+    if math_equivalent(a, b):
+        return False
+    na, nb = _normalise_math(a), _normalise_math(b)
+    if _is_float_repr(na) and _is_float_repr(nb):
+        return True
+    if not (_sympy_safe(a) and _sympy_safe(b)) or _PROSE.search(_strip_units(a)) or _PROSE.search(_strip_units(b)):
+        return False  # words are not maths: "blue" vs "red" proves nothing about a calculation
+    return _math_verify_equal(a, b) is False
+
+
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # a word of 3+ letters that is not a LaTeX command
+
+
+def _is_float_repr(normalised: str) -> bool:
+    try:
+        float(normalised)
+        return True
+    except ValueError:
+        return False
 
 
 def math_equivalent(a: str, b: str) -> bool:

@@ -1,28 +1,32 @@
-"""Self-consistency for objective items: several answers, keep the majority, drop the inconsistent.
+"""Self-consistency and verification for objective items: which answers are right, which are proven wrong.
 
-Hunyuan-Large §2.1.1 samples several answers per objective question and drops items whose
-answers disagree. Each response gets a final answer by the item's kind:
+Hunyuan-Large §2.1.1 samples several answers per objective question and drops items whose answers
+disagree. Here every answer also gets a `verdict` (datagen/record.py): `verified`, `wrong` (proven:
+the DPO view's best `rejected`) or `unverified`; the item gets an `outcome`.
 
-- math: the last `\\boxed{...}`, else "the answer is X" / "Answer: X", else "... = X" at the
-  end, else the last number; two answers agree when math-verify says so (falling back to a
-  normalised string match when it cannot parse them);
-- code: the answer's Python code block runs in a sandbox against the item's `tests` (assert
-  lines); answers that pass agree. Without tests the programs run on their own and agree when
-  they print the same stdout (programs that print nothing agree only in running cleanly);
-- short answers (closed Q&A): normalised match (case, punctuation, whitespace, articles).
+- math: each answer's final value (the last `\\boxed{...}`, "the answer is X", "... = X", the last
+  number); answers agreeing by math-verify form classes. agreement = largest class / answers. When
+  agreement >= `threshold` and the largest class is unique, the item is `verified`: the majority's
+  answers are `verified`, an answer proven different from it (both numbers, or both parsed by
+  math-verify and unequal) is `wrong`, any other `unverified`.
+- short answers (closed Q&A, other domains): the same with normalised strings, but a minority string
+  proves nothing (a paraphrase of the right answer differs too): it stays `unverified`.
+- code: test outcomes, not stdout. Each answer's Python block runs in the sandbox with the item's
+  `tests` (assert lines); the tests must call a name the answer defines, else the answer fails
+  ("defines none of ..."); passing is `verified`, failing `wrong`. agreement = share passing.
+  Without tests nothing is checked: each program still runs alone (a crash makes it `wrong`, a
+  clean run is `unverified`, since no test was executed) and the item continues as subjective with
+  outcome `unverifiable`: the critique decides, and its answers never count as verified.
 
-Decisions: agreement = size of the largest class / number of responses (a response with no
-extractable answer, or a program that fails, counts against agreement). An item is kept when
-agreement >= `threshold` and the largest class is unique; responses are then narrowed to the
-majority class. Rejections: `too_few_answers` (fewer than `min_answers` responses: one sample
-cannot disagree with itself), `no_final_answer` (nothing extractable in any response),
-`inconsistent` (detail `agreement=0.25 answers=[...]`). Non-objective records pass with
-method `skipped`.
-
-The code sandbox lives in datagen/sandbox.py.
+Rejections: `too_few_answers` (fewer than `min_answers` responses), `no_final_answer` (nothing
+extractable in any response), `inconsistent` (detail `agreement=0.25 answers=[...]`), `all_answers_fail`
+(no tests, and every program crashed). Non-objective records pass with method `skipped`, outcome
+`subjective`. Every response is kept, with its verdict; the critique chooses among the candidates
+(`Record.answer_candidates`). The code sandbox lives in datagen/sandbox.py.
 """
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -30,19 +34,20 @@ from typing import Callable, NamedTuple
 
 import apache_beam as beam
 
-from datagen.answers import extract_math_answer, extract_short_answer, math_equivalent
+from datagen.answers import extract_math_answer, extract_short_answer, math_differs, math_equivalent
 from datagen.config import option
-from datagen.python_code import extract_code
-from datagen.record import Consistency, Record
+from datagen.python_code import called_names, defined_names, extract_code
+from datagen.record import UNVERIFIED, VERIFIED, WRONG, Consistency, Record
 from datagen.sandbox import run_sandboxed
 from datagen.stage import RecordFn, StageResult, run_stage
 
 STAGE = "consistency"
+UNVERIFIABLE, SUBJECTIVE = "unverifiable", "subjective"
 
 
 @dataclass
 class ConsistencyConfig:
-    threshold: float = option(0.5, "minimum share of answers agreeing with the majority")
+    threshold: float = option(0.5, "minimum share of answers agreeing with the majority (code: passing the tests)")
     min_answers: int = option(2, "fewer responses than this cannot show agreement: too_few_answers")
     math_domains: list[str] = option(["math"], "domains whose answers are compared with math-verify")
     code_domains: list[str] = option(["code"], "domains whose answers run in the sandbox")
@@ -83,38 +88,35 @@ def _same(same: Callable[[object, object], bool], a: object, b: object) -> bool:
         return False
 
 
-# -- the stage ---------------------------------------------------------------------------------
+# -- reading answers ---------------------------------------------------------------------------
 def answer_method(record: Record, cfg: ConsistencyConfig) -> str:
     if record.tests.strip() or record.domain in cfg.code_domains:
         return "code"
     return "math" if record.domain in cfg.math_domains else "short"
 
 
-def _code_answer(text: str, tests: str, cfg: ConsistencyConfig) -> Answer:
+def code_verdict(text: str, tests: str, cfg: ConsistencyConfig) -> tuple[str, str]:
+    """(verdict, what is shown) for one code answer: its program run with the tests, or alone."""
     code = extract_code(text)
     if code is None:
-        return Answer("", None)
+        return UNVERIFIED, "no code"
+    if tests.strip():
+        called = called_names(tests) - set(dir(builtins))
+        if called and not called & defined_names(code):
+            return WRONG, f"fail: defines none of {', '.join(sorted(called))[:120]}"
     result = run_sandboxed(code, tests, cfg.code_timeout_seconds, cfg.code_memory_mb,
                            cfg.code_output_kb, cfg.network_namespace)
     if not result.ok:
-        return Answer(f"fail: {result.error}", None)
-    if tests.strip():
-        return Answer("pass", "pass")
-    stdout = "\n".join(line.rstrip() for line in result.stdout.strip().splitlines())
-    return Answer(f"stdout: {stdout[:200]}" if stdout else "stdout: (empty)", stdout)
+        return WRONG, f"fail: {result.error}"
+    return (VERIFIED, "pass") if tests.strip() else (UNVERIFIED, "ran: no test executed")
 
 
-def final_answers(record: Record, method: str, cfg: ConsistencyConfig) -> list[Answer]:
-    out = []
-    for response in record.responses:
-        if method == "code":
-            out.append(_code_answer(response.text, record.tests, cfg))
-            continue
-        extracted = (extract_math_answer if method == "math" else extract_short_answer)(response.text)
-        out.append(Answer(extracted or "", extracted))
-    return out
+def final_answers(record: Record, method: str) -> list[Answer]:
+    extract = extract_math_answer if method == "math" else extract_short_answer
+    return [Answer(a or "", a) for a in (extract(r.text) for r in record.responses)]
 
 
+# -- the stage ---------------------------------------------------------------------------------
 class ConsistencyFn(RecordFn):
     stage = STAGE
 
@@ -123,13 +125,18 @@ class ConsistencyFn(RecordFn):
 
     def transform(self, record: Record) -> Record:
         if not record.objective:
-            return dataclasses.replace(record, consistency=Consistency(method="skipped"))
+            return dataclasses.replace(record, consistency=Consistency(method="skipped", outcome=SUBJECTIVE))
         method = answer_method(record, self.cfg)
         record = record.with_lineage(STAGE, params={"method": method, "threshold": self.cfg.threshold})
         if len(record.responses) < self.cfg.min_answers:
             return record.rejected(STAGE, "too_few_answers",
                                    f"{len(record.responses)} responses, need {self.cfg.min_answers}")
-        answers = final_answers(record, method, self.cfg)
+        if method == "code":
+            return self.check_code(record)
+        return self.check_answers(record, method)
+
+    def check_answers(self, record: Record, method: str) -> Record:
+        answers = final_answers(record, method)
         shown = [a.shown for a in answers]
         if not any(shown):
             return record.rejected(STAGE, "no_final_answer", f"method={method} responses={len(answers)}")
@@ -138,12 +145,43 @@ class ConsistencyFn(RecordFn):
         agreement = sizes[0] / len(answers)
         tie = len(sizes) > 1 and sizes[0] == sizes[1] and agreement >= self.cfg.threshold
         if agreement < self.cfg.threshold or tie or not classes:
-            detail = (f"agreement={agreement:.2f}{' tie' if tie else ''} "
-                      f"answers={json.dumps([s[:80] for s in shown], ensure_ascii=False)}")
-            return record.rejected(STAGE, "inconsistent", detail)
+            return self._inconsistent(record, agreement, shown, tie)
         majority = max(classes, key=len)  # unique: ties were rejected above
-        responses = [dataclasses.replace(record.responses[i], final_answer=shown[i]) for i in majority]
-        summary = Consistency(answers=shown, majority=shown[majority[0]], agreement=agreement, method=method)
+        reference = shown[majority[0]]
+
+        def verdict(i: int) -> str:
+            if i in majority:
+                return VERIFIED
+            proven = method == "math" and shown[i] and math_differs(shown[i], reference)
+            return WRONG if proven else UNVERIFIED
+
+        return self._decided(record, shown, [verdict(i) for i in range(len(answers))], reference, agreement,
+                             method, VERIFIED)
+
+    def check_code(self, record: Record) -> Record:
+        checked = [code_verdict(r.text, record.tests, self.cfg) for r in record.responses]
+        verdicts, shown = [v for v, _ in checked], [s for _, s in checked]
+        if not record.tests.strip():  # nothing to verify against: the critique decides
+            if all(v == WRONG for v in verdicts):
+                return record.rejected(STAGE, "all_answers_fail",
+                                       "no tests; every program failed: " + json.dumps(shown, ensure_ascii=False))
+            return self._decided(record, shown, verdicts, "", 0.0, "code", UNVERIFIABLE)
+        agreement = verdicts.count(VERIFIED) / len(verdicts)
+        if agreement < self.cfg.threshold or not agreement:
+            return self._inconsistent(record, agreement, shown, False)
+        return self._decided(record, shown, verdicts, "pass", agreement, "code", VERIFIED)
+
+    def _inconsistent(self, record: Record, agreement: float, shown: list[str], tie: bool) -> Record:
+        detail = (f"agreement={agreement:.2f}{' tie' if tie else ''} "
+                  f"answers={json.dumps([s[:80] for s in shown], ensure_ascii=False)}")
+        return record.rejected(STAGE, "inconsistent", detail)
+
+    @staticmethod
+    def _decided(record: Record, shown: list[str], verdicts: list[str], majority: str, agreement: float,
+                 method: str, outcome: str) -> Record:
+        responses = [dataclasses.replace(r, final_answer=s, verdict=v)
+                     for r, s, v in zip(record.responses, shown, verdicts)]
+        summary = Consistency(answers=shown, majority=majority, agreement=agreement, method=method, outcome=outcome)
         return dataclasses.replace(record, responses=responses, consistency=summary)
 
 

@@ -1,29 +1,29 @@
 """Critique model: four-tier scores on accuracy, relevance, completeness, usefulness, clarity.
 
 Hunyuan-Large §3.1.2 scores SFT data with a critique model on five aspects, four tiers each.
-Here every response of a record gets its own critique request (so the best and the worst of N
-are known for the DPO view); each response's `score` is the mean of its parsed aspects, the best
-one becomes `record.response` and its critique `record.critique`. The record is rejected with
-`low_critique_score` when that best mean is below `min_mean` or one of its aspects is below
-`min_each`, and with `critique_unparseable` when no critique could be read at all.
+Every candidate answer of a record gets its own critique request (so the best and the worst of N
+are known for the DPO view); on an objective item verification already settled, only its verified
+answers are candidates, and an answer proven wrong never is (`Record.answer_candidates`). Each
+answer's `score` is its critique mean; the best becomes `record.response` and its critique
+`record.critique`. Rejections: `low_critique_score` (best mean below `min_mean`, or one aspect below
+`min_each`), `critique_unparseable` (no critique could be read), `no_candidates`.
 
-The parser (datagen/critique_parse.py) takes what models really write: JSON, "Accuracy: 3/4",
-markdown tables, Chinese aspect names. A critique naming fewer than `min_aspects` aspects counts
-as unparsed: its response gets no score.
+Grades: with `grading: logprobs` the judge returns its token probabilities and each aspect's grade is
+the expected tier Σ s·p(s) at the position where it wrote the score (G-Eval); backends without
+logprobs (transformers) fall back to the sampled digits, as does `grading: sampled`.
+
+The judge check (`judge_check`, run by the pipeline before any stage): the judge grades the shipped
+calibration pairs (datagen/calibration.py); stats.json's `judge_check` gives the AUC, and a judge
+below 0.6 is reported as filtering nothing meaningful; `min_auc` stops such a run before it starts.
 
 The same prompts and parser serve without Beam (the DPO reward judge): `critique_requests(pairs,
-cfg)` builds the requests for (question, answer) pairs, any LLM backend runs them, and
-`read_critique(completion_text, cfg)` gives a ParsedCritique (`scores` per aspect, `mean`, or
-`problem` when unusable).
+cfg)`, any LLM backend, `read_critique(completion, cfg)` → ParsedCritique (`mean`, or `problem`).
+The parser (datagen/critique_parse.py) takes JSON, "Accuracy: 3/4", tables, Chinese aspect names.
 
-The default style and thresholds are for the embedded demo judge, SmolLM2-135M, which is a weak
-critic. Asked in chat, it answered the question instead of grading it (0 of 8 parsed), hence the
-few-shot completion prompt. Measured on 12 probe pairs (6 right answers, 6 wrong ones; greedy):
-all 12 critiques parsed; means ranged 2.0-3.0, averaging 2.61 for right answers and 2.38 for wrong
-ones; accuracy was often 1 whatever the answer (copied from the first example), so `min_each` is
-1. `min_mean` 2.5 kept 7 of 12 single answers (4 right, 3 wrong), and more items once the best of
-N answers is taken. This filters a little and keeps enough for the demo, but it does not
-judge. With a real critique model use `style: chat`, `min_mean: 3.0`, `min_each: 2`.
+The embedded demo judge, SmolLM2-135M, is a weak critic: asked in chat it answered the question
+instead (0 of 8 parsed), hence the few-shot completion prompt, and its AUC on the calibration pairs
+is in docs and the card of every run. With a real judge use `style: chat`, `grading: logprobs`
+where the endpoint returns logprobs (vLLM does), `min_mean: 3.0`, `min_each: 2`, `min_auc: 0.75`.
 """
 from __future__ import annotations
 
@@ -33,15 +33,17 @@ from typing import Iterable
 
 import apache_beam as beam
 
+from datagen import calibration
 from datagen.config import option
-from datagen.critique_parse import ParsedCritique, parse_critique
+from datagen.critique_parse import ParsedCritique, expected_scores, parse_critique
 from datagen.inference.base import Completion, Request, SamplingParams
 from datagen.inference.registry import ModelConfig
-from datagen.record import Critique, Record
+from datagen.record import CRITIQUE_ASPECTS, Critique, Record
 from datagen.stage import LLMStageFn, StageResult, run_stage
 
 STAGE = "critique"
 STYLES = ("fewshot", "chat")
+GRADINGS = ("logprobs", "sampled")
 
 
 @dataclass
@@ -49,17 +51,33 @@ class CritiqueConfig:
     model: str = option("default", "the judge: a key of `models`")
     style: str = option("fewshot", "fewshot: completion prompt with graded examples (small judges); "
                                    "chat: instructions (judges that follow them)")
-    min_mean: float = option(2.5, "keep items whose chosen answer averages at least this (1..4)")
+    min_mean: float = option(2.3, "keep items whose chosen answer's grade is at least this (1..4)")
     min_each: int = option(1, "and no aspect below this (1 = no per-aspect floor, for the weak demo judge)")
     min_aspects: int = option(3, "a critique scoring fewer aspects than this counts as unparsed")
     max_answer_chars: int = option(4000, "longer answers are cut in the prompt (the judge's context is short)")
     max_tokens: int = option(128, "room for five scores and a one-sentence rationale")
     temperature: float = option(0.0, "sampling temperature; 0: greedy, the same grade on every run")
     seed: int = option(4567, "sampling seed (reproducible runs, cache hits)")
+    grading: str = option("logprobs", "logprobs: expected tier from the judge's token probabilities where the "
+                                      "backend returns them (else the digits); sampled: the digits it wrote")
+    top_logprobs: int = option(8, "alternatives per token asked for with grading logprobs (vLLM allows 20)")
+    aspects: list[str] = option(["accuracy"], "aspects averaged into an answer's grade (all five are recorded); "
+                                              "the demo judge ranks by accuracy alone (see the module docstring)")
+    judge_check: bool = option(True, "grade the calibration pairs before the run; stats.json gets judge_check")
+    calibration_file: str = option("", "calibration pairs (JSONL); '' = datagen/data/judge_calibration.jsonl")
+    min_auc: float = option(0.0, "stop the run (exit 2) before any stage when the judge check's AUC is below "
+                                 "this; 0: never stop (a judge below 0.6 is still reported loudly)")
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"critique.style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        if self.grading not in GRADINGS:
+            raise ValueError(f"critique.grading must be one of {', '.join(GRADINGS)}, got {self.grading!r}")
+        unknown = [a for a in self.aspects if a not in CRITIQUE_ASPECTS]
+        if unknown or not self.aspects:
+            raise ValueError(f"critique.aspects: {unknown or 'empty'}; choose from {', '.join(CRITIQUE_ASPECTS)}")
+        if not 0.0 <= self.min_auc <= 1.0:
+            raise ValueError(f"critique.min_auc must be in [0, 1], got {self.min_auc}")
 
 
 # A completion prompt: the model continues after "Accuracy:" in the format of two graded
@@ -127,7 +145,9 @@ TEMPLATE_VERSION = "1"
 def critique_params(cfg: CritiqueConfig) -> SamplingParams:
     """One greedy-by-default sample; a few-shot critique stops where the next example would start."""
     stop = FEWSHOT_STOP if cfg.style == "fewshot" else ()
-    return SamplingParams(n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed, stop=stop)
+    logprobs = cfg.top_logprobs if cfg.grading == "logprobs" else 0
+    return SamplingParams(n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed, stop=stop,
+                          logprobs=logprobs)
 
 
 def template_id(cfg: CritiqueConfig) -> str:
@@ -140,9 +160,21 @@ def critique_requests(pairs: Iterable[tuple[str, str]], cfg: CritiqueConfig) -> 
     return [critique_request(question, answer, cfg, params) for question, answer in pairs]
 
 
-def read_critique(completion_text: str, cfg: CritiqueConfig) -> ParsedCritique:
-    """The judge's completion → scores per aspect, rationale and `mean` (None when unusable)."""
-    return parse_critique(critique_text(completion_text, cfg.style), cfg.min_aspects)
+def read_critique(completion: Completion | str, cfg: CritiqueConfig) -> ParsedCritique:
+    """The judge's completion → scores per aspect, rationale and `mean` (None when unusable); with
+    grading logprobs and a completion carrying them, `expected` per aspect too (and `mean` from it)."""
+    text = completion if isinstance(completion, str) else completion.text
+    parsed = parse_critique(critique_text(text, cfg.style), cfg.min_aspects)
+    if isinstance(completion, str) or cfg.grading != "logprobs" or not completion.logprobs or parsed.problem:
+        return parsed
+    prefix = FEWSHOT_PREFILL if cfg.style == "fewshot" else ""
+    expected = expected_scores(completion.logprobs[0], prefix)
+    return parsed._replace(expected={a: v for a, v in expected.items() if a in parsed.scores})
+
+
+def grade(parsed: ParsedCritique, cfg: CritiqueConfig) -> float | None:
+    """An answer's grade: the mean of `cfg.aspects`, expected scores with grading logprobs."""
+    return parsed.grade(cfg.aspects, cfg.grading == "logprobs")
 
 
 def critique_request(instruction: str, answer: str, cfg: CritiqueConfig, params: SamplingParams) -> Request:
@@ -160,8 +192,9 @@ def critique_text(completion_text: str, style: str) -> str:
     return FEWSHOT_PREFILL + completion_text if style == "fewshot" else completion_text
 
 
-def describe(scores: dict[str, int], mean: float) -> str:
-    return f"mean={mean:.2f} " + " ".join(f"{aspect}={tier}" for aspect, tier in scores.items())
+def describe(grades: dict[str, float], mean: float) -> str:
+    return f"mean={mean:.2f} " + " ".join(f"{aspect}={grade:g}" if float(grade).is_integer()
+                                           else f"{aspect}={grade:.2f}" for aspect, grade in grades.items())
 
 
 class CritiqueFn(LLMStageFn):
@@ -174,25 +207,35 @@ class CritiqueFn(LLMStageFn):
     def requests(self, record: Record) -> list[Request] | Record:
         if not record.responses:
             return record.rejected(STAGE, "no_responses", "nothing to critique")
-        return critique_requests([(record.instruction, r.text) for r in record.responses], self.cfg)
+        candidates = record.answer_candidates()
+        if not candidates:
+            verdicts = [r.verdict for r in record.responses]
+            return record.rejected(STAGE, "no_candidates", f"no answer may be chosen (verdicts {verdicts})")
+        return critique_requests([(record.instruction, record.responses[i].text) for i in candidates], self.cfg)
 
     def complete(self, record: Record, completions: list[Completion]) -> Record:
         record = record.with_lineage(STAGE, self.llm.identity, template_id(self.cfg), TEMPLATE_VERSION,
                                      critique_params(self.cfg).to_dict())
-        parsed = [read_critique(c.text, self.cfg) for c in completions]
-        responses = [dataclasses.replace(r, score=p.mean) for r, p in zip(record.responses, parsed)]
+        candidates = record.answer_candidates()
+        parsed = dict(zip(candidates, (read_critique(c, self.cfg) for c in completions)))
+        responses = [dataclasses.replace(r, score=grade(parsed[i], self.cfg)) if i in parsed else r
+                     for i, r in enumerate(record.responses)]
         record = dataclasses.replace(record, responses=responses)
-        scored = [i for i, p in enumerate(parsed) if not p.problem]
+        scored = [i for i in candidates if responses[i].score is not None]
         if not scored:
+            problem = parsed[candidates[0]].problem or f"none of {', '.join(self.cfg.aspects)} scored"
             shown = critique_text(completions[0].text, self.cfg.style)
-            return record.rejected(STAGE, "critique_unparseable", f"{parsed[0].problem}: {shown[:300]!r}")
+            return record.rejected(STAGE, "critique_unparseable", f"{problem}: {shown[:300]!r}")
         best = max(scored, key=lambda i: (responses[i].score, -i))  # ties: the earlier response
-        critique = Critique(scores=parsed[best].scores, rationale=parsed[best].rationale,
-                            model=self.llm.identity, mean=parsed[best].mean)
+        chosen = parsed[best]
+        critique = Critique(scores=chosen.scores, rationale=chosen.rationale, model=self.llm.identity,
+                            mean=responses[best].score, expected=chosen.expected,
+                            grading="logprobs" if chosen.expected else "sampled")
         record = dataclasses.replace(record, critique=critique, response=responses[best].text)
-        low = [a for a, tier in critique.scores.items() if tier < self.cfg.min_each]
+        grades = {a: chosen.expected.get(a, tier) for a, tier in chosen.scores.items()}
+        low = [a for a, value in grades.items() if value < self.cfg.min_each]
         if critique.mean < self.cfg.min_mean or low:
-            return record.rejected(STAGE, "low_critique_score", describe(critique.scores, critique.mean))
+            return record.rejected(STAGE, "low_critique_score", describe(grades, critique.mean))
         return record
 
 
@@ -206,3 +249,25 @@ class CritiqueStage(beam.PTransform):
 
     def expand(self, pcoll: beam.PCollection) -> StageResult:
         return run_stage(pcoll, "Critique", CritiqueFn(self.cfg, self.model))
+
+
+# -- the judge check ------------------------------------------------------------------------------
+class JudgeCheckFailed(ValueError):
+    """The judge scored the calibration pairs below `critique.min_auc`."""
+
+
+def judge_check(cfg: CritiqueConfig, llm) -> dict:
+    """The judge grades every calibration pair's good and bad answer (one call each, through `llm`,
+    so cached like any call); returns stats.json's `judge_check` (datagen/calibration.py)."""
+    pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
+    requests = critique_requests([(p.question, answer) for p in pairs for answer in (p.good, p.bad)], cfg)
+    graded = [read_critique(c, cfg) if c.ok else None for c in llm.generate(requests)]
+    check = calibration.summarize(pairs, graded[0::2], graded[1::2], cfg.grading, cfg.aspects)
+    check["model"] = llm.identity
+    return check
+
+
+def enforce_min_auc(check: dict, cfg: CritiqueConfig) -> None:
+    if check and check["auc"] < cfg.min_auc:
+        raise JudgeCheckFailed(f"critique judge AUC {check['auc']:.2f} on {check['pairs']} calibration pairs is "
+                               f"below critique.min_auc {cfg.min_auc}: stopped before any stage ran")

@@ -13,7 +13,7 @@ import json
 import math
 import re
 import unicodedata
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from datagen.record import CRITIQUE_ASPECTS
 
@@ -43,11 +43,27 @@ class ParsedCritique(NamedTuple):
     scores: dict[str, int]  # aspect → 1..4, only the aspects found
     rationale: str
     problem: str  # "" when usable, else why not (e.g. "no scores found")
+    expected: dict[str, float] = {}  # aspect → expected score under the judge's token probabilities
+
+    def grade(self, aspects: Sequence[str] | None = None, use_expected: bool = True) -> float | None:
+        """The mean over `aspects` (all scored ones when None) of the expected score where known
+        (`use_expected`) and the sampled digit elsewhere; None when unusable or no such aspect was scored."""
+        if self.problem:
+            return None
+        chosen = [a for a in (aspects or self.scores) if a in self.scores]
+        if not chosen:
+            return None
+        return mean_score({a: self.expected.get(a, self.scores[a]) if use_expected else self.scores[a]
+                           for a in chosen})
 
     @property
     def mean(self) -> float | None:
-        """The mean of the aspect scores; None when the critique is unusable."""
-        return None if self.problem else mean_score(self.scores)
+        """The mean grade of every scored aspect (expected scores where known); None when unusable."""
+        return self.grade()
+
+    @property
+    def sampled_mean(self) -> float | None:
+        return self.grade(use_expected=False)
 
 
 def parse_critique(text: str, min_aspects: int = 3) -> ParsedCritique:
@@ -153,5 +169,37 @@ def _rationale(text: str) -> str:
     return " ".join(line.strip() for line in prose)[:1000]
 
 
-def mean_score(scores: dict[str, int]) -> float:
+# -- grades from token probabilities (G-Eval) -----------------------------------------------------
+_TIERS = ("1", "2", "3", "4")
+_ASPECT_BEFORE = re.compile(rf"({_ALIASES})(?![a-z])[^\S\n]*(?:\([^)\n]*\))?[\s:=\-–—|*>#\"'：]*$", re.IGNORECASE)
+
+
+def expected_scores(tokens: list[dict], prefix: str = "") -> dict[str, float]:
+    """Per aspect, the expected tier Σ s·p(s) / Σ p(s) over the tokens "1".."4" at the position where
+    the judge wrote that aspect's score (G-Eval, Liu et al. 2023). `tokens` are a completion's
+    generated tokens with their most likely alternatives ({"token", "logprob", "top"}); `prefix` is
+    text the prompt ended with (the few-shot prompt's "Accuracy:"). A tier missing from the
+    alternatives counts as probability 0; the first score position of an aspect wins."""
+    text, found = prefix, {}
+    for token in tokens:
+        piece = token.get("token") or ""
+        if piece.strip() in _TIERS:
+            match = _ASPECT_BEFORE.search(unicodedata.normalize("NFKC", text[-80:]))
+            aspect = _ALIAS_TO_ASPECT.get(match.group(1).lower()) if match else None
+            if aspect and aspect not in found:
+                found[aspect] = _expectation(token.get("top") or {piece: token.get("logprob", 0.0)})
+        text += piece
+    return {a: v for a, v in found.items() if v is not None}
+
+
+def _expectation(top: dict[str, float]) -> float | None:
+    mass = {tier: 0.0 for tier in _TIERS}
+    for alternative, logprob in top.items():
+        if alternative.strip() in mass and logprob is not None:
+            mass[alternative.strip()] += math.exp(logprob)
+    total = sum(mass.values())
+    return round(sum(int(t) * p for t, p in mass.items()) / total, 4) if total > 0 else None
+
+
+def mean_score(scores: dict[str, float]) -> float:
     return round(sum(scores.values()) / len(scores), 3) if scores else 0.0

@@ -1,28 +1,32 @@
-"""Evolution: make instructions clearer, harder, or (low-resource domains) add new ones.
+"""Evolution as the Hunyuan-Large report describes it: clearer, low-resource expansion, harder.
 
-Each round gives every record one operation, chosen deterministically from its id and the
-round among the operations that apply (`expand` only to `low_resource_domains`):
-- clarify: rewrite clearer and more informative, same meaning;
-- harder: deepen — add a constraint or a reasoning step;
-- expand: self-instruct — from a few in-domain instructions (the lowest ids of that domain,
-  a side input) write one new one. The original stays; the new record joins it.
-The output is checked; a failed evolution is rejected (clarify/harder) or not added (expand,
-the failed step stays on the kept original) with one of these reasons:
+Steps, each with its own counters so the funnel shows every operation:
+- `evolve_clarify` — the self-contained gate. An instruction that refers to context it lacks ("the
+  rectangle", "the passage above", "this code"; datagen/self_contained.py) is rewritten with its seed
+  text in the prompt so it states what it needs; if that fails (or clarify is not among `operations`)
+  the record is rejected with the gap's reason, `refers_to_undefined_object` or `refers_to_absent_text`.
+  With `clarify: all` every other instruction is rewritten clearer and more informative too.
+- `evolve_expand` — self-instruct for `low_resource_domains`: from a few in-domain instructions (the
+  lowest ids of that domain, a side input) one new one; the original stays, the new record joins it.
+- `evolve_harder_r1` … `_rN` — difficulty climbs: round r rewrites round r−1's result into a harder one
+  (one more constraint or reasoning step).
+Every output is checked; a failed step is rejected (with `on_failure: reject`) or dropped, the record
+going on as it was with the failure in its history (`keep_original`; expansions are just not added):
 - evolution_unparseable: nothing instruction-sized left after stripping chatter and labels;
 - evolution_copy: difflib similarity to the original (or an example) >= `copy_similarity`;
-- evolution_became_answer: opens like an answer ("Answer:", "To solve", \\boxed) or asks nothing
-  (no "?", no imperative or request verb — `datagen.text.looks_like_instruction`);
+- evolution_became_answer: opens like an answer ("Answer:", "To solve", \\boxed) or asks nothing;
 - evolution_lost_information (clarify/harder): a number of the original is missing, or fewer than
-  `min_keyword_retention` of its keywords (words of 4+ letters, cut to 6, stopwords aside; CJK
-  character pairs) survive.
-Round 1 counts under `evolve`; later rounds count under `evolve_round<r>`, so every
-namespace keeps `kept + rejected == in`.
+  `min_keyword_retention` of its keywords (words of 4+ letters, cut to 6; CJK character pairs) survive;
+- evolution_talks_about_task: "I would add a constraint ...", "The question was not about ...";
+- evolution_repetitive: more than a fifth of its word 3-grams repeat ("a room that is 4 times the area
+  of a room that is 6 times the area of a room ...");
+- evolution_not_self_contained: the output refers to context it lacks;
+- evolution_not_harder (harder): the output has no more words than its input.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -34,17 +38,22 @@ from datagen.inference.base import Request, SamplingParams
 from datagen.inference.registry import ModelConfig
 from datagen.python_code import valid_tests
 from datagen.record import EvolutionStep, Record
+from datagen.self_contained import missing_context
 from datagen.stage import REJECTED_TAG, LLMStageFn, StageCounters, StageResult
 from datagen.text import (ANSWER, CHATTER, MARKER, clean_instruction, is_mostly_cjk, long_enough, looks_like_answer,
-                          looks_like_instruction, unmark)
+                          looks_like_instruction, repeated_ngram_ratio, unmark)
 
 STAGE = "evolve"
 OPERATIONS = ("clarify", "expand", "harder")
-TEMPLATE_VERSION = "2"  # 2: says "question" for questions (v1 said "instruction"; SmolLM2-135M answered one)
+TEMPLATE_VERSION = "3"  # 3: clarify with the seed text for instructions that lack their context
 TEMPLATES = {  # {noun}: "question" when the original asks one, so the model keeps asking
     "clarify": ("Rewrite the {noun} below so it is clearer and more informative. Keep its meaning, every "
                 "number and every name, and add any detail a reader needs. Do not answer it.\n\n"
                 "{Noun}: {instruction}\n\n{language}Write only the rewritten {noun}."),
+    "clarify_context": ("Text:\n{seed}\n\nThe {noun} below was written about the text above, but it mentions "
+                        "{gap} without saying what it is. Rewrite the {noun} so that it makes sense without the "
+                        "text: state every number, name and detail it needs. Do not answer it.\n\n"
+                        "{Noun}: {instruction}\n\n{language}Write only the rewritten {noun}."),
     "harder": ("Rewrite the {noun} below into a harder {noun}: add one more constraint or ask for one more "
                "reasoning step. Keep its topic, every number and every name. Do not answer it.\n\n"
                "{Noun}: {instruction}\n\n{language}Write only the harder {noun}."),
@@ -59,20 +68,27 @@ _STOP = set("that this with from have what which when where your their there abo
 @dataclass
 class EvolveConfig:
     model: str = option("default", "the model that rewrites instructions: a key of `models`")
-    rounds: int = option(1, "rounds of evolution; 0 turns evolution off")
+    rounds: int = option(2, "rounds of `harder`: round r makes round r−1's result harder; 0: none")
     operations: list[str] = option(["clarify", "expand", "harder"],
-                                   "operations to choose from: clarify | expand | harder")
-    low_resource_domains: list[str] = option([], "domains `expand` applies to; empty: generate's")
+                                   "operations used: clarify | expand | harder (without clarify, instructions "
+                                   "that lack their context are rejected instead of rewritten)")
+    clarify: Literal["missing_context", "all"] = option(
+        "missing_context", "which instructions clarify rewrites: missing_context (those referring to context they "
+                           "lack, rewritten with their seed text) or all (the others clearer, too)")
+    low_resource_domains: list[str] = option(["general"], "domains `expand` adds new instructions to (with "
+                                                          "generate's low_resource_domains); general has the "
+                                                          "fewest shipped seeds")
     expand_examples: int = option(3, "in-domain examples shown for self-instruct expansion")
     on_failure: Literal["keep_original", "reject"] = option(
         "keep_original", "keep_original: drop the failed evolution, keep the record (its history records the "
                          "failure); reject: reject the record with the failure's reason")
     copy_similarity: float = option(0.9, "difflib ratio at or above which an evolution is a copy")
     min_keyword_retention: float = option(0.5, "share of the original's keywords an evolution must keep")
+    max_seed_chars: int = option(1500, "the seed is cut to this many characters in the clarify prompt")
     max_tokens: int = option(160, "an instruction is short; a long output is usually an answer")
     temperature: float = option(0.7, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling")
-    seed: int = option(2345, "sampling seed; round r uses seed + r")
+    seed: int = option(2345, "sampling seed; each step adds its own offset")
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.operations if op not in OPERATIONS]
@@ -82,21 +98,33 @@ class EvolveConfig:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
 
 
+def steps(cfg: EvolveConfig) -> list[tuple[str, int]]:
+    """(operation, round) of every step in order; the clarify gate always runs."""
+    out = [("clarify", 0)]
+    if "expand" in cfg.operations and cfg.low_resource_domains:
+        out.append(("expand", 0))
+    if "harder" in cfg.operations:
+        out += [("harder", r) for r in range(1, cfg.rounds + 1)]
+    return out
+
+
+def step_name(operation: str, round_: int) -> str:
+    """The counter namespace of a step: evolve_clarify, evolve_expand, evolve_harder_r2."""
+    return f"{STAGE}_{operation}" + (f"_r{round_}" if round_ else "")
+
+
+def stage_names(cfg: EvolveConfig) -> list[str]:
+    return [step_name(op, r) for op, r in steps(cfg)]
+
+
 # -- pure helpers -------------------------------------------------------------------------------
-def choose_operation(record: Record, round_: int, cfg: EvolveConfig) -> str | None:
-    usable = [op for op in cfg.operations if op != "expand" or record.domain in cfg.low_resource_domains]
-    if not usable:
-        return None
-    digest = hashlib.sha256(f"{record.id}:{round_}".encode()).hexdigest()
-    return usable[int(digest, 16) % len(usable)]
-
-
-def build_prompt(operation: str, record: Record, examples: list[str]) -> str:
+def build_prompt(operation: str, record: Record, examples: list[str], gap: str = "", max_seed_chars: int = 1500) -> str:
     numbered = "\n".join(f"{i}. {text}" for i, text in enumerate([record.instruction, *examples], 1))
     noun = "question" if record.instruction.rstrip().endswith(("?", "？")) else "instruction"
-    return TEMPLATES[operation].format(instruction=record.instruction, domain=record.domain, examples=numbered,
-                                       noun=noun, Noun=noun.capitalize(),
-                                       language=CHINESE if is_mostly_cjk(record.instruction) else "")
+    template = TEMPLATES["clarify_context" if operation == "clarify" and gap else operation]
+    return template.format(instruction=record.instruction, domain=record.domain, examples=numbered,
+                           noun=noun, Noun=noun.capitalize(), gap=gap, seed=record.seed_text.strip()[:max_seed_chars],
+                           language=CHINESE if is_mostly_cjk(record.instruction) else "")
 
 
 def parse_evolved(raw: str) -> str:
@@ -156,20 +184,44 @@ def check_evolution(operation: str, before: str, after: str, examples: list[str]
     return "", ""
 
 
+_META = re.compile(r"^\W*(?:i would|i will|i'd|i can|let me|rewrite the|here,? the|the (?:original |new |harder |"
+                   r"rewritten )?(?:question|instruction|task) (?:was|is|should|asks|does|has|can)|this (?:question|"
+                   r"instruction|task) (?:is|was|asks|has)|原问题|这个问题(?:是|应该))", re.I)
+
+
+def check_step(operation: str, before: str, after: str, examples: list[str], cfg: EvolveConfig) -> tuple[str, str]:
+    """check_evolution, then: not talk about the task, not a loop, carrying its context, and a
+    harder one must say more."""
+    reason, detail = check_evolution(operation, before, after, examples, cfg)
+    if reason:
+        return reason, detail
+    if _META.match(after):
+        return "evolution_talks_about_task", "talks about the question instead of asking it"
+    ratio = repeated_ngram_ratio(after, 3)
+    if ratio > 0.2:
+        return "evolution_repetitive", f"repeated 3-gram ratio {ratio:.2f} > 0.20"
+    gap = missing_context(after)
+    if gap:
+        return "evolution_not_self_contained", f"{gap[0]}: {gap[1]}"
+    if operation == "harder" and len(after.split()) <= len(before.split()):
+        return "evolution_not_harder", f"{len(after.split())} words, the input had {len(before.split())}"
+    return "", ""
+
+
 # -- DoFn and transform -------------------------------------------------------------------------
 class EvolveFn(LLMStageFn):
     stage = STAGE
 
-    def __init__(self, cfg: EvolveConfig, model: ModelConfig, round_: int = 1) -> None:
+    def __init__(self, cfg: EvolveConfig, model: ModelConfig, operation: str = "harder", round_: int = 1) -> None:
         super().__init__(model)
-        self.cfg, self.round = cfg, round_
+        self.cfg, self.operation, self.round = cfg, operation, round_
+        offset = {"clarify": 0, "expand": 100}.get(operation, round_)
         self.params = SamplingParams(n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                     top_p=cfg.top_p, seed=cfg.seed + round_)
+                                     top_p=cfg.top_p, seed=cfg.seed + offset)
 
     def setup(self) -> None:
         super().setup()
-        if self.round > 1:
-            self._counters = StageCounters(f"{STAGE}_round{self.round}")
+        self._counters = StageCounters(step_name(self.operation, self.round))
 
     def process(self, record: Record, examples: dict | None = None):
         self._examples = examples or {}
@@ -179,61 +231,71 @@ class EvolveFn(LLMStageFn):
         pool = self._examples.get(record.domain, [])
         return [text for rid, text in pool if rid != record.id][: self.cfg.expand_examples]
 
+    def _plan(self, record: Record) -> tuple[str | None, tuple[str, str] | None]:
+        """(operation to run or None, the context gap clarify must fill)."""
+        if self.operation == "clarify":
+            gap = missing_context(record.instruction)
+            if gap or self.cfg.clarify == "all":
+                return ("clarify" if "clarify" in self.cfg.operations else None), gap
+            return None, None
+        if self.operation == "expand" and record.domain not in self.cfg.low_resource_domains:
+            return None, None
+        return self.operation, None
+
     def requests(self, record: Record) -> list[Request] | Record:
-        operation = choose_operation(record, self.round, self.cfg)
-        if operation is None:
-            return record  # no operation applies: passes through unchanged
+        operation, gap = self._plan(record)
+        if operation is None:  # nothing to do here; a gap nobody may fill rejects the record
+            return record.rejected(STAGE, gap[0], f"{gap[1]} (clarify is off)") if gap else record
         if not record.instruction.strip():
             return record.rejected(STAGE, "empty_instruction", "nothing to evolve")
-        prompt = build_prompt(operation, record, self._examples_for(record) if operation == "expand" else [])
+        prompt = build_prompt(operation, record, self._examples_for(record) if operation == "expand" else [],
+                              _gap_phrase(gap), self.cfg.max_seed_chars)
         return [Request.chat(prompt, params=self.params)]
 
     def complete(self, record: Record, completions) -> Record | list[Record]:
-        operation = choose_operation(record, self.round, self.cfg)
+        operation, gap = self._plan(record)
         examples = self._examples_for(record) if operation == "expand" else []
         after = parse_evolved(completions[0].text)
-        reason, detail = check_evolution(operation, record.instruction, after, examples, self.cfg)
+        reason, detail = check_step(operation, record.instruction, after, examples, self.cfg)
         step = EvolutionStep(self.round, operation, record.instruction, after, accepted=not reason, reason=reason)
-        traced = record.with_lineage(STAGE, self.llm.identity, f"{STAGE}/{operation}", TEMPLATE_VERSION,
+        template = "clarify_context" if gap else operation
+        traced = record.with_lineage(STAGE, self.llm.identity, f"{STAGE}/{template}", TEMPLATE_VERSION,
                                      self.params.to_dict())
         failed = dataclasses.replace(traced, evolution=[*record.evolution, step])
         if operation == "expand":  # the original stays either way; a good expansion joins it
-            if reason:
-                return failed
-            new = dataclasses.replace(failed, id="", instruction=after, tests="")
-            return [record, new]
-        if reason and self.cfg.on_failure == "keep_original":
-            return failed
+            return failed if reason else [record, dataclasses.replace(failed, id="", instruction=after, tests="")]
+        if reason and gap:  # the original cannot go on: it lacks its context
+            return failed.rejected(STAGE, gap[0], f"{gap[1]}; clarify failed: {reason} ({detail})")
         if reason:
-            return failed.rejected(STAGE, reason, detail)
+            return failed if self.cfg.on_failure == "keep_original" else failed.rejected(STAGE, reason, detail)
         tests = "\n".join(valid_tests(record.tests.splitlines(), after))
         return dataclasses.replace(failed, id="", instruction=after, tests=tests)
 
 
+def _gap_phrase(gap: tuple[str, str] | None) -> str:
+    """"'the rectangle' is never introduced" → "'the rectangle'" for the clarify prompt."""
+    return gap[1].split(" is ")[0] if gap else ""
+
+
 class EvolveStage(beam.PTransform):
-    """`rounds` rounds of evolution; rejected records of every round flattened together."""
+    """The steps above in order (`steps`); rejected records of every step flattened together."""
 
     def __init__(self, cfg: EvolveConfig, models: dict[str, ModelConfig]) -> None:
         super().__init__()
         self.cfg, self.model = cfg, models[cfg.model]
 
     def expand(self, pcoll):
-        # A side input holds every round back until generation has finished; only expansion
-        # needs it, so without low-resource domains the rounds stream straight from generation.
-        side_inputs = [beam.pvalue.AsDict(self._examples(pcoll))] if self.expands() else []
         kept, rejected = pcoll, []
-        for round_ in range(1, self.cfg.rounds + 1):
-            fn = EvolveFn(self.cfg, self.model, round_)
-            outs = kept | f"Round{round_}" >> beam.ParDo(fn, *side_inputs).with_outputs(
-                REJECTED_TAG, main="kept")
+        for operation, round_ in steps(self.cfg):
+            # Only expansion waits for a side input (every record of the step before): the other
+            # steps stream straight on.
+            side_inputs = [beam.pvalue.AsDict(self._examples(kept))] if operation == "expand" else []
+            fn = EvolveFn(self.cfg, self.model, operation, round_)
+            name = step_name(operation, round_)
+            outs = kept | name >> beam.ParDo(fn, *side_inputs).with_outputs(REJECTED_TAG, main="kept")
             kept = outs.kept
             rejected.append(outs[REJECTED_TAG])
-        if not rejected:
-            rejected.append(pcoll | "NoRounds" >> beam.Filter(lambda r: False))
         return StageResult(kept, tuple(rejected) | "Rejected" >> beam.Flatten())
-
-    def expands(self) -> bool:
-        return "expand" in self.cfg.operations and bool(self.cfg.low_resource_domains)
 
     def _examples(self, pcoll):
         low = set(self.cfg.low_resource_domains)

@@ -1,9 +1,11 @@
 """After the pipeline: the training views, stats.json, the dataset card and the picture report.
 
 `finalize` (plain Python, no Beam) reads back what `datagen.output.WriteRecords` wrote to `data/`
-and `rejects/` and writes the `sft/` view (messages) and the `dpo/` view (prompt / chosen /
-rejected from the best and worst answer by critique score), `stats.json`, `README.md` and
-`report/`. `collect_stage_stats` turns a finished run's `synthpost.<stage>` counters into the
+and `rejects/` and writes the `sft/` view (messages; an objective item only with a verified answer)
+and the `dpo/` view (prompt / chosen / rejected, and `pair_source`: `verified` when the rejected
+answer is one verification proved wrong and the chosen one is verified, else `critique` for the best
+and worst answer by critique score), `stats.json` (with the judge check and the data-quality
+section, datagen/quality.py), `README.md` and `report/`. `collect_stage_stats` turns a finished run's `synthpost.<stage>` counters into the
 per-stage funnel it needs. All file I/O goes through Beam's FileSystems, so gs:// works.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from datagen import charts, report
+from datagen import charts, quality, report
 from datagen.cache import CACHE_NAMESPACE
 from datagen.output import (DATA, DPO, OUTPUT_NAMESPACE, REJECTS, REPORT, SFT, SPLIT, match_files, parquet_bytes,
                             read_shards, shard_name, write_bytes)
@@ -56,67 +58,101 @@ _MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]
 SFT_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("messages", _MESSAGES)])
 DPO_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("prompt", _MESSAGES),
                         ("chosen", _MESSAGES), ("rejected", _MESSAGES),
-                        ("score_chosen", pa.float64()), ("score_rejected", pa.float64())])
-_DATA_COLUMNS = ["id", "domain", "instruction", "response", "responses", "critique"]
-_REJECT_COLUMNS = ["id", "domain", "reject_stage", "reject_reason", "critique"]
+                        ("score_chosen", pa.float64()), ("score_rejected", pa.float64()),
+                        ("pair_source", pa.string())])
+_DATA_COLUMNS = ["id", "domain", "instruction", "response", "responses", "critique", "consistency", "objective"]
+_REJECT_COLUMNS = ["id", "domain", "reject_stage", "reject_reason", "reject_detail", "critique"]
+VERIFIED_PAIR, CRITIQUE_PAIR = "verified", "critique"
+
+
+def _verified_item(row: dict) -> bool:
+    return (row.get("consistency") or {}).get("outcome") == "verified"
 
 
 def sft_row(row: dict) -> dict | None:
-    """A kept record as a chat exchange; None when it has no instruction or chosen answer."""
+    """A kept record as a chat exchange; None when it has no instruction or chosen answer, or when
+    it is a verified objective item whose chosen answer is not a verified one."""
     if not row.get("instruction") or not row.get("response"):
+        return None
+    if _verified_item(row) and not any(r.get("verdict") == "verified" and r.get("text") == row["response"]
+                                       for r in row.get("responses") or []):
         return None
     return {"id": row["id"], "domain": row["domain"],
             "messages": [{"role": "user", "content": row["instruction"]},
                          {"role": "assistant", "content": row["response"]}]}
 
 
+def _score(response: dict) -> float | None:
+    score = response.get("score")
+    return None if score is None or math.isnan(score) else float(score)
+
+
 def dpo_row(row: dict) -> dict | None:
-    """Best vs worst answer by critique score (ties: the earliest answer); None unless at least
-    two answers are scored and the scores differ."""
-    scored = [(r["score"], i, r["text"]) for i, r in enumerate(row.get("responses") or [])
-              if r.get("score") is not None and not math.isnan(r["score"]) and r.get("text")]
-    if len(scored) < 2 or not row.get("instruction"):
+    """A verified pair when the item is verified and an answer was proven wrong (chosen: the chosen,
+    verified answer; rejected: the first wrong one); else the best vs the worst answer by critique
+    score (ties: the earliest answer; never a proven-wrong answer as chosen). None when neither exists."""
+    if not row.get("instruction"):
         return None
-    best = max(scored, key=lambda s: (s[0], -s[1]))
-    worst = min(scored, key=lambda s: (s[0], s[1]))
-    if best[0] == worst[0]:
+    responses = [r for r in row.get("responses") or [] if r.get("text")]
+    wrong = [r for r in responses if r.get("verdict") == "wrong"]
+    chosen = next((r for r in responses if r["text"] == row.get("response") and r.get("verdict") == "verified"), None)
+    if _verified_item(row) and wrong and chosen is not None:
+        return _pair(row, chosen, wrong[0], VERIFIED_PAIR)
+    scored = [(_score(r), i, r) for i, r in enumerate(responses) if _score(r) is not None]
+    if len(scored) < 2:
         return None
+    best = max(((s, i, r) for s, i, r in scored if r.get("verdict") != "wrong"), key=lambda t: (t[0], -t[1]),
+               default=None)
+    worst = min(scored, key=lambda t: (t[0], t[1]))
+    if best is None or best[0] <= worst[0]:
+        return None
+    return _pair(row, best[2], worst[2], CRITIQUE_PAIR)
+
+
+def _pair(row: dict, chosen: dict, rejected: dict, source: str) -> dict:
     return {"id": row["id"], "domain": row["domain"],
             "prompt": [{"role": "user", "content": row["instruction"]}],
-            "chosen": [{"role": "assistant", "content": best[2]}],
-            "rejected": [{"role": "assistant", "content": worst[2]}],
-            "score_chosen": float(best[0]), "score_rejected": float(worst[0])}
+            "chosen": [{"role": "assistant", "content": chosen["text"]}],
+            "rejected": [{"role": "assistant", "content": rejected["text"]}],
+            "score_chosen": _score(chosen), "score_rejected": _score(rejected), "pair_source": source}
 
 
 # ---------------------------------------------------------------- finalize ----------------------
-def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float) -> dict:
+def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float, judge_check: dict | None = None) -> dict:
     """After the pipeline: views, stats.json, README.md and report/ from data/ and rejects/.
 
     `stats` is {stage: {"in", "kept", "out", "rejected": {reason: n}}} in pipeline order (see
     collect_stage_stats); `config` the run's config as a dict, shown in the card with secrets
-    masked. Returns counts and paths for the entry point to print.
+    masked; `judge_check` what `datagen.critique.judge_check` measured (None: not run). Returns
+    counts and paths for the entry point to print.
     """
     data_dir, rejects_dir = FileSystems.join(out_dir, DATA), FileSystems.join(out_dir, REJECTS)
     if not match_files(data_dir, f"{SPLIT}-*-of-*.parquet"):
         raise FileNotFoundError(f"no Parquet shards in {data_dir}: did the pipeline's WriteRecords run?")
-    tally = report.Tally()
-    views = {SFT: 0, DPO: 0}
+    tally, quality_tally = report.Tally(), quality.QualityTally()
+    views, dpo_sources = {SFT: 0, DPO: 0}, {}
     for view in views:
         _clear(FileSystems.join(out_dir, view))
     for index, num_shards, table in read_shards(data_dir, _DATA_COLUMNS):
         rows = table.to_pylist()
         for row in rows:
             tally.add("kept", row)
+            quality_tally.add_kept(row)
         for view, to_row, schema in ((SFT, sft_row, SFT_SCHEMA), (DPO, dpo_row, DPO_SCHEMA)):
             view_rows = [v for v in map(to_row, rows) if v is not None]
             views[view] += len(view_rows)
+            for v in view_rows if view == DPO else []:
+                dpo_sources[v["pair_source"]] = dpo_sources.get(v["pair_source"], 0) + 1
             path = FileSystems.join(out_dir, view, shard_name(index, num_shards))
             write_bytes(path, parquet_bytes(pa.Table.from_pylist(view_rows, schema=schema)))
     for _, _, table in read_shards(rejects_dir, _REJECT_COLUMNS):
         for row in table.to_pylist():
             tally.add("rejected", row)
+            quality_tally.add_rejected(row)
 
     summary = report.summarize(stats, tally, views, wall_seconds)
+    summary["judge_check"] = judge_check
+    summary["quality"] = quality_tally.summary(summary["stages"], summary["domains"], judge_check, dpo_sources)
     write_bytes(FileSystems.join(out_dir, "stats.json"), json.dumps(summary, indent=2).encode("utf-8"))
     card = report.render_card(summary, config)
     write_bytes(FileSystems.join(out_dir, "README.md"), card.encode("utf-8"))
@@ -130,7 +166,7 @@ def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float) -> di
     log.info("dataset at %s: %d kept, %d rejected, %d SFT rows, %d DPO pairs",
              out_dir, tally.kept, tally.rejected, views[SFT], views[DPO])
     return {"out_dir": out_dir, "kept": tally.kept, "rejected": tally.rejected, "sft": views[SFT],
-            "dpo": views[DPO], "paths": {name: FileSystems.join(out_dir, name) for name in
+            "dpo": views[DPO], "judge_check": judge_check, "paths": {name: FileSystems.join(out_dir, name) for name in
                                          (DATA, REJECTS, SFT, DPO, "stats.json", "README.md", REPORT)}}
 
 

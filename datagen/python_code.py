@@ -2,7 +2,8 @@
 
 `valid_tests` keeps the `assert` lines (from generate's output, kept through evolve) that parse
 and call a function the instruction names; anything else would test nothing. `extract_code`
-finds the program in an answer, for the consistency stage's sandbox runs.
+finds the program in an answer, for the consistency stage's sandbox runs; `defined_names` and
+`called_names` say whether the tests call anything the answer defines (if not, the answer fails).
 """
 from __future__ import annotations
 
@@ -54,3 +55,32 @@ def extract_code(text: str) -> str | None:
     if stripped and parses(stripped) and re.search(r"^(def|class|import|from|print)\b", stripped, re.M):
         return stripped
     return None
+
+
+def defined_names(code: str) -> set[str]:
+    """Names the program binds at its top level: functions, classes, assignments, imports."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def called_names(tests: str) -> set[str]:
+    """Plain names the tests call (`f(...)`), builtins included."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    return {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}

@@ -18,6 +18,10 @@ import pyarrow as pa
 KEPT = "kept"
 REJECTED = "rejected"
 CRITIQUE_ASPECTS = ("accuracy", "relevance", "completeness", "usefulness", "clarity")
+# What verification says about one answer of an objective item: it agrees with the verified majority
+# or passes its tests (verified), it is proven wrong (another final answer, failing tests, a crash),
+# or nothing could be checked (no final answer, no test executed).
+VERIFIED, WRONG, UNVERIFIED = "verified", "wrong", "unverified"
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Response:
     finish_reason: str = ""
     final_answer: str = ""
     score: float | None = None  # critique mean for this response, used for DPO views
+    verdict: str = ""  # objective items: VERIFIED | WRONG | UNVERIFIED below; "" when not checked
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Consistency:
     majority: str = ""
     agreement: float = 0.0
     method: str = ""  # math | code | short | skipped
+    outcome: str = ""  # verified | unverifiable (continues as subjective: the critique decides) | subjective
 
 
 @dataclass
@@ -64,6 +70,8 @@ class Critique:
     rationale: str = ""
     model: str = ""
     mean: float = 0.0
+    expected: dict[str, float] = field(default_factory=dict)  # aspect → expected score from logprobs
+    grading: str = ""  # logprobs | sampled: what `mean` is made of
 
 
 @dataclass
@@ -108,6 +116,18 @@ class Record:
                            json.dumps(params or {}, sort_keys=True))
         return dataclasses.replace(self, lineage=[*self.lineage, step])
 
+    @property
+    def verified(self) -> bool:
+        """An objective item whose answers verification could check (majority or tests)."""
+        return self.consistency is not None and self.consistency.outcome == VERIFIED
+
+    def answer_candidates(self) -> list[int]:
+        """Indices of the responses that may become the chosen answer: only verified ones on a verified
+        item; never one verification proved wrong."""
+        if self.verified:
+            return [i for i, r in enumerate(self.responses) if r.verdict == VERIFIED]
+        return [i for i, r in enumerate(self.responses) if r.verdict != WRONG]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -136,14 +156,15 @@ _LINEAGE = pa.struct([("stage", pa.string()), ("model", pa.string()), ("template
 _EVOLUTION = pa.struct([("round", pa.int64()), ("operation", pa.string()), ("before", pa.string()),
                         ("after", pa.string()), ("accepted", pa.bool_()), ("reason", pa.string())])
 _RESPONSE = pa.struct([("text", pa.string()), ("model", pa.string()), ("finish_reason", pa.string()),
-                       ("final_answer", pa.string()), ("score", pa.float64())])
+                       ("final_answer", pa.string()), ("score", pa.float64()), ("verdict", pa.string())])
 _CONSISTENCY = pa.struct([("answers", pa.list_(pa.string())), ("majority", pa.string()),
-                          ("agreement", pa.float64()), ("method", pa.string())])
+                          ("agreement", pa.float64()), ("method", pa.string()), ("outcome", pa.string())])
 # scores as a struct of the five aspects (null when not scored), not a map: `datasets` has no
 # feature type for Arrow maps, so load_dataset would fail on the Parquet shards.
 _SCORES = pa.struct([(aspect, pa.int64()) for aspect in CRITIQUE_ASPECTS])
-_CRITIQUE = pa.struct([("scores", _SCORES), ("rationale", pa.string()),
-                       ("model", pa.string()), ("mean", pa.float64())])
+_EXPECTED = pa.struct([(aspect, pa.float64()) for aspect in CRITIQUE_ASPECTS])
+_CRITIQUE = pa.struct([("scores", _SCORES), ("rationale", pa.string()), ("model", pa.string()),
+                       ("mean", pa.float64()), ("expected", _EXPECTED), ("grading", pa.string())])
 
 ARROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("seed_id", pa.string()), ("domain", pa.string()), ("source", pa.string()),
@@ -161,11 +182,12 @@ def to_arrow(records: list[Record]) -> pa.Table:
     rows = [r.to_dict() for r in records]
     for row in rows:
         if row["critique"] is not None:
-            scores = row["critique"]["scores"]
-            unknown = sorted(set(scores) - set(CRITIQUE_ASPECTS))
-            if unknown:
-                raise ValueError(f"record {row['id']}: unknown critique aspects {unknown}")
-            row["critique"]["scores"] = {aspect: scores.get(aspect) for aspect in CRITIQUE_ASPECTS}
+            for key in ("scores", "expected"):
+                values = row["critique"][key]
+                unknown = sorted(set(values) - set(CRITIQUE_ASPECTS))
+                if unknown:
+                    raise ValueError(f"record {row['id']}: unknown critique aspects {unknown}")
+                row["critique"][key] = {aspect: values.get(aspect) for aspect in CRITIQUE_ASPECTS}
     return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
 
 
@@ -173,7 +195,8 @@ def from_arrow(table: pa.Table) -> list[Record]:
     records = []
     for row in table.to_pylist():
         if row.get("critique") is not None:
-            scores = row["critique"]["scores"] or {}
-            row["critique"]["scores"] = {a: s for a, s in scores.items() if s is not None}
+            for key in ("scores", "expected"):
+                values = row["critique"].get(key) or {}
+                row["critique"][key] = {a: s for a, s in values.items() if s is not None}
         records.append(Record.from_dict(row))
     return records

@@ -12,6 +12,7 @@ import re
 
 import yaml
 
+from datagen import calibration, quality
 from datagen.record import CRITIQUE_ASPECTS
 
 CONFIGS = (("default", "data", "kept records: instruction, chosen answer, every sampled answer with its "
@@ -19,8 +20,9 @@ CONFIGS = (("default", "data", "kept records: instruction, chosen answer, every 
            ("rejects", "rejects", "every rejected record with `reject_stage`, `reject_reason`, "
                                   "`reject_detail`"),
            ("sft", "sft", "SFT view: `messages` (user instruction, assistant answer)"),
-           ("dpo", "dpo", "DPO view: `prompt`/`chosen`/`rejected` from the best and worst answer by "
-                          "critique score, with `score_chosen`/`score_rejected`"))
+           ("dpo", "dpo", "DPO view: `prompt`/`chosen`/`rejected`; `pair_source` `verified` (a verified answer "
+                          "over one verification proved wrong) or `critique` (best and worst by critique score, "
+                          "`score_chosen`/`score_rejected`)"))
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key)$", re.IGNORECASE)
 _EMPTY = " — empty in this run (`datasets` cannot load an empty split)"
 
@@ -125,6 +127,8 @@ def render_card(summary: dict, config: dict) -> str:
         _table(["config", "folder", "rows", "what"],
                [[f"`{name}`", f"`{folder}/`", rows.get(name, 0), what + ("" if rows.get(name, 0) else _EMPTY)]
                 for name, folder, what in CONFIGS]),
+        *([f"> **{calibration.warning_line(summary.get('judge_check'))}**\n"]
+          if calibration.warning_line(summary.get("judge_check")) else []),
         "## Funnel\n",
         f"{totals['input']} inputs → **{totals['kept']} kept**, {totals['rejected']} rejected "
         f"({_balance_note(summary)}). Wall time {summary['wall_seconds']:.0f} s.\n",
@@ -132,6 +136,10 @@ def render_card(summary: dict, config: dict) -> str:
         "## Domains\n",
         _table(["domain", "kept", "rejected"],
                [[d, c["kept"], c["rejected"]] for d, c in summary["domains"].items()]) or "No records.\n",
+        "## Data quality\n",
+        _table(["figure", "value"], quality.markdown_rows(summary["quality"])) if summary.get("quality") else "–\n",
+        "## Judge check\n",
+        _judge_text(summary.get("judge_check")),
         "## Critique scores of kept records\n",
         _critique_table(summary, "kept"),
         "## How to load\n",
@@ -151,6 +159,20 @@ def render_card(summary: dict, config: dict) -> str:
         "```yaml\n" + yaml.safe_dump(redact(_plain(config)), sort_keys=False) + "```\n",
     ]
     return "\n".join(parts)
+
+
+def _judge_text(check: dict | None) -> str:
+    if not check:
+        return "The critique judge was not checked in this run (critique.judge_check: false).\n"
+    rows = [["all", f"{check['auc']:.2f}"], *[[a, f"{v:.2f}"] for a, v in check["per_aspect"].items()],
+            *[[f"domain {d}", f"{v:.2f}"] for d, v in check["by_domain"].items()]]
+    compare = f"sampled grades {check['auc_sampled']:.2f}" + (
+        f", logprob grades {check['auc_logprobs']:.2f}" if check.get("auc_logprobs") is not None else "")
+    return (f"The critique judge `{check.get('model', '')}` graded {check['pairs']} calibration pairs (one question, a "
+            f"known-good and a known-bad answer; every domain, English and Chinese). AUC = the share of pairs whose "
+            f"good answer scores higher (ties half; 0.5 is a coin): **{check['auc']:.2f}** with {check['grading']} "
+            f"grades ({compare}); {check['unparsed']} of {2 * check['pairs']} critiques unreadable.\n\n"
+            + _table(["judge check", "AUC"], rows))
 
 
 def redact(value):
@@ -228,8 +250,12 @@ def render_index(summary: dict, images: list[str]) -> str:
         "<h1>synthpost run report</h1>",
         f"<p>{t['input']} inputs → <b>{t['kept']} kept</b>, {t['rejected']} rejected "
         f"({html.escape(_balance_note(summary))}); wall time {summary['wall_seconds']:.0f} s.</p>",
+        *([f"<p><b>{html.escape(calibration.warning_line(summary.get('judge_check')))}</b></p>"]
+          if calibration.warning_line(summary.get("judge_check")) else []),
         "<h2>Funnel</h2>", _html_table(["stage", "in", "kept", "out", "rejected", "by reason"], funnel),
         *[f'<p><img src="{html.escape(name)}" alt="{html.escape(name)}"></p>' for name in images],
+        "<h2>Data quality</h2>",
+        _html_table(["figure", "value"], quality.markdown_rows(summary["quality"]) if summary.get("quality") else []),
         "<h2>Domains</h2>", _html_table(["domain", "kept", "rejected"], domains),
         "<h2>Critique scores (kept)</h2>", _html_table(["aspect", "1", "2", "3", "4", "mean"], critique),
         "<h2>Training views</h2>", _html_table(["view", "rows"], views),

@@ -32,7 +32,7 @@ import apache_beam as beam
 from datagen.config import option
 from datagen.record import Record, Response
 from datagen.stage import RecordFn, StageResult, run_stage
-from datagen.text import HAN_CHAR, words
+from datagen.text import HAN_CHAR, repeated_ngram_ratio
 
 STAGE = "rules"
 
@@ -60,15 +60,6 @@ RESPONSE_REASONS = ("truncated", "empty_response", "response_too_short", "respon
 
 
 # -- text measures ----------------------------------------------------------------------------
-def repeated_ngram_ratio(text: str, n: int) -> float:
-    """Share of word n-grams that repeat an earlier one (0 for texts under 2n words)."""
-    tokens = words(text)
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    if len(tokens) < 2 * n:
-        return 0.0
-    return 1 - len(set(grams)) / len(grams)
-
-
 def _cp1252_chars(lo: int, hi: int) -> str:
     raw = bytes(range(lo, hi + 1))
     return "".join(sorted(set(raw.decode("cp1252", "ignore") + raw.decode("latin-1"))))

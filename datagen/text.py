@@ -6,6 +6,7 @@
 - Instruction shape (generate and evolve): `looks_like_instruction` (a "?", an imperative or
   question word first, or a request verb), `looks_like_answer` (opens like a solution, or has a
   `\\boxed`), `long_enough` (10 characters, 4 in Chinese).
+- `repeated_ngram_ratio` (rules' repetition check, and evolve's on its rewrites).
 - What small models wrap around a list of instructions: `MARKER` (list markers "1.", "1)", "1、",
   "-", "**1.**", "Question 2:"), `CHATTER` ("Sure! Here are 3 questions:"), `ANSWER` (the opening of
   an answer); `unmark` strips markers and `clean_instruction` labels, quotes and bold.
@@ -81,3 +82,12 @@ def clean_instruction(text: str) -> str:
     if len(text) >= 2 and text[0] in "\"'“「" and text[-1] in "\"'”」":
         text = text[1:-1].strip()
     return text[:-1].rstrip() + "." if text.endswith(":") else text
+
+
+def repeated_ngram_ratio(text: str, n: int) -> float:
+    """Share of word n-grams that repeat an earlier one (0 for texts under 2n words)."""
+    tokens = words(text)
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if len(tokens) < 2 * n:
+        return 0.0
+    return 1 - len(set(grams)) / len(grams)

@@ -23,14 +23,14 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from datagen import progress
+from datagen import calibration, progress
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
 from datagen.config import ConfigError, format_keys, load_config, parse_overrides, to_dict
 from datagen.consistency import ConsistencyStage
-from datagen.critique import CritiqueStage
+from datagen.critique import CritiqueStage, enforce_min_auc, judge_check
 from datagen.decontam import DecontamStage
 from datagen.dedup import DedupStage
-from datagen.evolve import EvolveStage
+from datagen.evolve import EvolveStage, stage_names as evolve_stage_names
 from datagen.finalize import collect_stage_stats, finalize
 from datagen.generate import GenerateStage
 from datagen.inference import registry
@@ -101,11 +101,16 @@ def models_with_cache(cfg: SynthConfig) -> dict[str, registry.ModelConfig]:
     return {name: dataclasses.replace(m, cache_dir=root) for name, m in cfg.models.items()}
 
 
+def evolve_config(cfg: SynthConfig):
+    """Expansion applies to the low-resource domains of evolve and of generate."""
+    domains = list(dict.fromkeys([*cfg.evolve.low_resource_domains, *cfg.generate.low_resource_domains]))
+    return dataclasses.replace(cfg.evolve, low_resource_domains=domains)
+
+
 def stage_order(cfg: SynthConfig) -> list[str]:
-    """Counter namespaces in pipeline order (evolution rounds after the first count separately)."""
-    rounds = [f"evolve_round{r}" for r in range(2, cfg.evolve.rounds + 1)]
-    i = STAGE_ORDER.index("evolve") + 1
-    order = STAGE_ORDER[:i] + rounds + STAGE_ORDER[i:]
+    """Counter namespaces in pipeline order (each evolution step counts on its own)."""
+    i = STAGE_ORDER.index("evolve")
+    order = STAGE_ORDER[:i] + evolve_stage_names(evolve_config(cfg)) + STAGE_ORDER[i + 1:]
     return [s for s in order if s != "domain_cap" or cfg.generate.max_per_domain is not None]
 
 
@@ -115,9 +120,7 @@ def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:
     Stages stream into each other where Beam fuses them; `barriers=True` (benchmarks only)
     materialises every stage's output before the next starts, as batch tools do."""
     models = models_with_cache(cfg)
-    # expansion applies to the low-resource domains generation was told about
-    evolve_cfg = dataclasses.replace(
-        cfg.evolve, low_resource_domains=cfg.evolve.low_resource_domains or cfg.generate.low_resource_domains)
+    evolve_cfg = evolve_config(cfg)
     domains = [*cfg.generate.domains, *cfg.generate.low_resource_domains]
     seeds = p | "seeds" >> SeedsStage(cfg.seeds)
     rejected = [seeds.rejected]
@@ -177,6 +180,27 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
     return runs_on_this_machine(options) and mode in (None, "in_memory", "multi_threading")
 
 
+def run_judge_check(cfg: SynthConfig, options: PipelineOptions) -> dict | None:
+    """The critique judge grades the calibration pairs before any stage runs (cached like any call);
+    a weak judge is said out loud, one below critique.min_auc stops the run (JudgeCheckFailed)."""
+    model = models_with_cache(cfg)[cfg.critique.model]
+    if not cfg.critique.judge_check or options.get_all_options().get("dry_run"):
+        return None
+    if not runs_on_this_machine(options) and model.backend != "openai":
+        log.info("judge check skipped: the judge model runs on the workers")
+        return None
+    check = judge_check(cfg.critique, registry.get_llm(model))
+    log.info("judge check: AUC %.2f on %d calibration pairs (%s grades of %s; sampled %.2f%s)", check["auc"],
+             check["pairs"], check["grading"], "+".join(check["aspects"]), check["auc_sampled"],
+             "" if check["auc_logprobs"] is None else f", logprobs {check['auc_logprobs']:.2f}")
+    if calibration.warning_line(check):
+        log.warning("%s", calibration.warning_line(check))
+    enforce_min_auc(check, cfg.critique)
+    if not runs_in_this_process(options):
+        registry.shutdown_all()  # the workers start their own servers
+    return check
+
+
 def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     managed = any(cfg.models[name].backend == "vllm" for _, name in cfg.model_references())
     options = PipelineOptions(dataflow.with_worker_options(beam_args, managed), save_main_session=False)
@@ -186,6 +210,7 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
         # warm the servers while Beam builds the graph and reads seeds
         cached = models_with_cache(cfg)
         registry.prestart([cached[n] for n in cfg.models if cfg.models[n] in used])
+    check = run_judge_check(cfg, options)
     out = cfg.output.dir
     log.info("output: %s", out if "://" in out else os.path.abspath(out))
     pipeline = beam.Pipeline(options=options)
@@ -197,7 +222,7 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     if options.get_all_options().get("dry_run"):
         return dry_run_summary(result, options)
     stats = collect_stage_stats(result, stage_order(cfg))
-    summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started)
+    summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started, judge_check=check)
     summary["seeds"] = stats.get("seeds", {}).get("in", 0)
     summary["model_calls_from_cache"] = cache_counts(result)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -241,6 +266,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"seeds read:       {summary['seeds']}")
     print(f"kept records:     {summary['kept']}  (SFT rows {summary['sft']}, DPO pairs {summary['dpo']})")
     print(f"rejected records: {summary['rejected']}  (each with its stage and reason)")
+    check = summary.get("judge_check")
+    if check:
+        print(f"judge check:      AUC {check['auc']:.2f} on {check['pairs']} calibration pairs"
+              + ("  — WEAK: the critique filters nothing meaningful" if check["weak"] else ""))
     print(f"model calls:      {cache['calls']}  ({cache['hits']} from cache)")
     print(f"wall time:        {summary['wall_seconds']:.0f} s")
     print(f"output:           {summary['out_dir']}  (card: README.md, funnel: stats.json, "

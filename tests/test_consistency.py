@@ -146,48 +146,87 @@ def test_grouping_skips_non_answers_and_keeps_first_appearance_order():
 
 
 # -- the stage ----------------------------------------------------------------------------------
-def test_stage_keeps_majorities_and_rejects_with_exact_reasons():
+TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+GOOD_ADD = "```python\ndef add(a, b):\n    return a + b\n```"
+
+
+def decided(rec, method, shown, verdicts, majority, agreement, outcome):
+    return dataclasses.replace(
+        rec, lineage=lineage(method),
+        responses=[dataclasses.replace(r, final_answer=a, verdict=v) for r, a, v in zip(rec.responses, shown, verdicts)],
+        consistency=Consistency(answers=shown, majority=majority, agreement=agreement, method=method, outcome=outcome))
+
+
+def test_stage_verifies_answers_and_rejects_with_exact_reasons():
     math_ok = item("a-math", "math", r"So \boxed{\frac{1}{2}}.", "The answer is 0.5.", "wrong: 7", "x = 1/2")
     math_split = item("b-math", "math", r"\boxed{1}", r"\boxed{2}", r"\boxed{3}", r"\boxed{4}")
     math_tie = item("c-math", "math", "answer is 2", "answer is 2", "answer is 3", "answer is 3")
-    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
-    good = "```python\ndef add(a, b):\n    return a + b\n```"
-    code_ok = item("d-code", "code", good, good, "```python\ndef add(a, b):\n    return a * b\n```",
-                   "No code, sorry.", tests=tests)
+    code_ok = item("d-code", "code", GOOD_ADD, GOOD_ADD, "```python\ndef add(a, b):\n    return a * b\n```",
+                   "No code, sorry.", tests=TESTS)
     printing = "```python\nprint(sum(range(5)))\n```"
-    code_stdout = item("e-code", "code", printing, printing, "```python\nprint(1/0)\n```")
+    code_untested = item("e-code", "code", printing, printing, "```python\nprint(1/0)\n```")
     short_ok = item("f-qa", "science", "Oxygen.", "The answer is oxygen", "Nitrogen")
     single = item("g-math", "math", r"\boxed{5}")
     no_answer = item("h-math", "math", "I do not know.", "Hard question.")
     essay = item("i-essay", "humanities", "An essay.", objective=False)
+    crashing = item("j-code", "code", "```python\nprint(x)\n```", "```python\nimport nope\n```")
 
     kept, rejected, counters = run_consistency(
-        [math_ok, math_split, math_tie, code_ok, code_stdout, short_ok, single, no_answer, essay])
-
-    def narrowed(rec, method, keep, shown, majority, agreement):
-        return dataclasses.replace(
-            rec, lineage=lineage(method),
-            responses=[dataclasses.replace(rec.responses[i], final_answer=shown[i]) for i in keep],
-            consistency=Consistency(answers=shown, majority=majority, agreement=agreement, method=method))
+        [math_ok, math_split, math_tie, code_ok, code_untested, short_ok, single, no_answer, essay, crashing])
 
     assert kept == [
-        narrowed(math_ok, "math", [0, 1, 3], [r"\frac{1}{2}", "0.5", "7", "1/2"], r"\frac{1}{2}", 0.75),
-        narrowed(code_ok, "code", [0, 1], ["pass", "pass", "fail: AssertionError", ""], "pass", 0.5),
-        narrowed(code_stdout, "code", [0, 1],
-                 ["stdout: 10", "stdout: 10", "fail: ZeroDivisionError: division by zero"], "stdout: 10", 2 / 3),
-        narrowed(short_ok, "short", [0, 1], ["oxygen", "oxygen", "nitrogen"], "oxygen", 2 / 3),
-        dataclasses.replace(essay, consistency=Consistency(method="skipped")),
+        # the minority "7" is proven different from 1/2 by math-verify: wrong, so a DPO `rejected`
+        decided(math_ok, "math", [r"\frac{1}{2}", "0.5", "7", "1/2"], ["verified", "verified", "wrong", "verified"],
+                r"\frac{1}{2}", 0.75, "verified"),
+        # test outcomes, not stdout: a failing test is wrong, no code is unverified
+        decided(code_ok, "code", ["pass", "pass", "fail: AssertionError", "no code"],
+                ["verified", "verified", "wrong", "unverified"], "pass", 0.5, "verified"),
+        # no tests: nothing verified; a crash is still wrong; the item goes on as subjective
+        decided(code_untested, "code", ["ran: no test executed", "ran: no test executed",
+                                        "fail: ZeroDivisionError: division by zero"],
+                ["unverified", "unverified", "wrong"], "", 0.0, "unverifiable"),
+        # a minority short answer proves nothing (it may be the right answer in other words)
+        decided(short_ok, "short", ["oxygen", "oxygen", "nitrogen"], ["verified", "verified", "unverified"],
+                "oxygen", 2 / 3, "verified"),
+        dataclasses.replace(essay, consistency=Consistency(method="skipped", outcome="subjective")),
     ]
     assert [(r.seed_id, r.reject_stage, r.reject_reason, r.reject_detail) for r in rejected] == [
         ("b-math", "consistency", "inconsistent", 'agreement=0.25 answers=["1", "2", "3", "4"]'),
         ("c-math", "consistency", "inconsistent", 'agreement=0.50 tie answers=["2", "2", "3", "3"]'),
         ("g-math", "consistency", "too_few_answers", "1 responses, need 2"),
         ("h-math", "consistency", "no_final_answer", "method=math responses=2"),
+        ("j-code", "consistency", "all_answers_fail", 'no tests; every program failed: '
+         '["fail: NameError: name \'x\' is not defined", "fail: ModuleNotFoundError: No module named \'nope\'"]'),
     ]
-    assert all(r.lineage == lineage("math") for r in rejected)
-    assert counters == {"in": 9, "kept": 5, "out": 5, "rejected:inconsistent": 2,
-                        "rejected:too_few_answers": 1, "rejected:no_final_answer": 1}
+    assert counters == {"in": 10, "kept": 5, "out": 5, "rejected:inconsistent": 2, "rejected:too_few_answers": 1,
+                        "rejected:no_final_answer": 1, "rejected:all_answers_fail": 1}
     assert counters["kept"] + sum(v for k, v in counters.items() if k.startswith("rejected:")) == counters["in"]
+
+
+def test_code_answers_must_define_what_the_tests_call():
+    """The demo's kept record that returned a constant list: it defined another name, so it fails."""
+    other_name = "```python\ndef plus(a, b):\n    return a + b\n```"
+    constant = "```python\nresult = [1, 2, 3]\nprint(result)\n```"
+    kept, rejected, _ = run_consistency([item("a", "code", GOOD_ADD, GOOD_ADD, other_name, constant, tests=TESTS)])
+    assert [r.final_answer for r in kept[0].responses] == ["pass", "pass", "fail: defines none of add",
+                                                           "fail: defines none of add"]
+    assert [r.verdict for r in kept[0].responses] == ["verified", "verified", "wrong", "wrong"]
+    _, rejected, _ = run_consistency([item("b", "code", other_name, constant, tests=TESTS)])
+    assert [(r.reject_reason, r.reject_detail) for r in rejected] == [
+        ("inconsistent", 'agreement=0.00 answers=["fail: defines none of add", "fail: defines none of add"]')]
+
+
+def test_math_minorities_are_wrong_only_when_proven():
+    rec = item("a", "math", r"\boxed{12}", "The answer is 12.", r"\boxed{13}", r"\boxed{blue}", "No idea at all",
+               r"\boxed{12}")
+    kept, _, _ = run_consistency([rec])
+    assert [(r.final_answer, r.verdict) for r in kept[0].responses] == [
+        ("12", "verified"), ("12", "verified"), ("13", "wrong"), ("blue", "unverified"), ("", "unverified"),
+        ("12", "verified")]
+    assert kept[0].answer_candidates() == [0, 1, 5] and kept[0].verified
+    untested = item("b", "code", GOOD_ADD, "```python\nprint(1/0)\n```")
+    kept, _, _ = run_consistency([untested])
+    assert not kept[0].verified and kept[0].answer_candidates() == [0]  # never a proven-wrong answer
 
 
 def test_threshold_and_min_answers_come_from_config():

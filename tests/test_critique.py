@@ -20,7 +20,11 @@ from stage_harness import run_transform
 FULL = {"accuracy": 3, "relevance": 4, "completeness": 2, "usefulness": 3, "clarity": 4}
 
 
-def run_critique(records, judge, cfg=CritiqueConfig(model="judge")):
+# the grade as the mean of five sampled aspects (a real judge's setting); the demo default is tested below
+FIVE = CritiqueConfig(model="judge", grading="sampled", aspects=list(CRITIQUE_ASPECTS), min_mean=2.5)
+
+
+def run_critique(records, judge, cfg=FIVE):
     model = install_fake(judge, f"judge-{id(judge)}")
     out = run_transform(records, CritiqueStage(cfg, {"judge": model}), ["critique"])
     by_seed = lambda r: r.seed_id  # noqa: E731
@@ -116,7 +120,8 @@ def test_plain_functions_judge_pairs_without_beam():
     cfg = CritiqueConfig(max_tokens=99, seed=7)
     requests = critique_requests([("What is 2 + 3?", "5"), ("Why?", "Because.")], cfg)
     assert [r.prompt.split("### Question\n")[-1].split("\n")[0] for r in requests] == ["What is 2 + 3?", "Why?"]
-    assert requests[0].params == SamplingParams(n=1, max_tokens=99, temperature=0.0, seed=7, stop=("###", "\n\n"))
+    assert requests[0].params == SamplingParams(n=1, max_tokens=99, temperature=0.0, seed=7, stop=("###", "\n\n"),
+                                                logprobs=8)  # grading logprobs by default
     judged = read_critique(grades(4, 4, 3, 4, 3, "Right."), cfg)  # a few-shot judge continues "Accuracy:"
     assert (judged.scores, judged.rationale, judged.mean) == (dict(zip(CRITIQUE_ASPECTS, (4, 4, 3, 4, 3))),
                                                               "Right.", 3.6)
@@ -167,7 +172,7 @@ def test_stage_scores_each_response_chooses_the_best_and_rejects_with_exact_reas
 
     def scored(rec, scores, best, crit_scores, rationale):
         responses = [dataclasses.replace(r, score=s) for r, s in zip(rec.responses, scores)]
-        critique = Critique(crit_scores, rationale, "fake:judge", mean_score(crit_scores))
+        critique = Critique(crit_scores, rationale, "fake:judge", mean_score(crit_scores), {}, "sampled")
         return dataclasses.replace(rec, responses=responses, response=rec.responses[best].text,
                                    critique=critique, lineage=[step])
 
@@ -197,7 +202,7 @@ def test_stage_scores_each_response_chooses_the_best_and_rejects_with_exact_reas
 def test_per_aspect_floor_and_chat_style_come_from_config():
     chat_judge = FakeLLM(lambda req: "Accuracy: 4\nRelevance: 4\nCompleteness: 4\nUsefulness: 1\nClarity: 4",
                          name="chat")
-    cfg = CritiqueConfig(model="judge", style="chat", min_each=2)
+    cfg = dataclasses.replace(FIVE, style="chat", min_each=2)
     kept, rejected, counters = run_critique([answered("a", "blunt answer")], chat_judge, cfg)
     assert kept == [] and [(r.reject_reason, r.reject_detail) for r in rejected] == [
         ("low_critique_score", "mean=3.40 accuracy=4 relevance=4 completeness=4 usefulness=1 clarity=4")]

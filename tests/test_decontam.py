@@ -1,4 +1,5 @@
-"""Decontamination: n-gram overlap with benchmark files; bad benchmark files fail at construction."""
+"""Decontamination: exact n-grams against benchmark files; bad benchmark files fail at construction.
+(Coverage, paraphrases and the eval sets as default benchmarks: test_decontam_practised.py.)"""
 from __future__ import annotations
 
 import gzip
@@ -32,7 +33,7 @@ def test_contaminated_records_name_the_benchmark_and_the_ngram(tmp_path):
     with gzip.open(tmp_path / "trivia.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(json.dumps({"question": SHORT}) + "\n")
     trivia = str(tmp_path / "trivia.jsonl.gz")
-    cfg = DecontamConfig(benchmarks=[gsm, trivia], text_field="question")
+    cfg = DecontamConfig(eval_sets=[], benchmarks=[gsm, trivia], text_field="question")
     records = [
         Record(seed_id="copied", instruction="NATALIA sold clips to 48 of her friends in April -- and "
                                              "then she sold half as many; how much is that?"),
@@ -44,20 +45,20 @@ def test_contaminated_records_name_the_benchmark_and_the_ngram(tmp_path):
     kept, rejected, counters = run_decontam(records, cfg)
 
     assert [r.seed_id for r in kept] == ["clean"]
-    assert json.loads(kept[0].lineage[-1].params_json) == {"benchmarks": [gsm, trivia], "ngram": 13}
+    assert json.loads(kept[0].lineage[-1].params_json) == {"eval_sets": [], "benchmarks": [gsm, trivia], "ngram": 13}
     details = {r.seed_id: (r.reject_reason, r.reject_detail) for r in rejected}
     assert details == {
-        "copied": ("contaminated", f"{gsm}: instruction shares the 13-gram "
+        "copied": ("contaminated", f"{gsm} line 1: instruction shares the 13-gram "
                                    "'natalia sold clips to 48 of her friends in april and then she'"),
-        "in_answer": ("contaminated", f"{gsm}: response 1 shares the 13-gram "
+        "in_answer": ("contaminated", f"{gsm} line 1: response 1 shares the 13-gram "
                                       "'natalia sold clips to 48 of her friends in april and then she'"),
-        "short": ("contaminated", f"{trivia}: instruction shares the 10-gram "
+        "short": ("contaminated", f"{trivia} line 1: instruction shares the 10-gram "
                                   "'what is the capital city of the state of texas'"),
     }
     assert counters == {"in": 4, "kept": 1, "out": 1, "rejected:contaminated": 3}
 
 
-def test_no_benchmarks_keeps_everything():
+def test_clean_records_pass_the_default_eval_sets():
     records = [Record(seed_id="a", instruction="Anything at all.")]
     kept, rejected, counters = run_decontam(records, DecontamConfig())
     assert len(kept) == 1 and not rejected and counters["in"] == 1

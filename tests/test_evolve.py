@@ -1,4 +1,5 @@
-"""Evolution: output parsing, the failed-evolution checks, then rounds and expansion on Beam."""
+"""Evolution: output parsing, the failed-evolution checks, then the steps on Beam: the clarify gate
+(instructions that lack their context), expansion, and harder rounds that climb."""
 from __future__ import annotations
 
 import re
@@ -8,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen.evolve import (STAGE, TEMPLATE_VERSION, EvolveConfig, EvolveStage, build_prompt, check_evolution,
-                            choose_operation, parse_evolved)
+from datagen.evolve import (TEMPLATE_VERSION, EvolveConfig, EvolveStage, build_prompt, check_evolution, check_step,
+                            parse_evolved, stage_names)
+from datagen.inference.base import Request
 from datagen.inference.registry import ModelConfig
 from datagen.record import EvolutionStep, Record
 from datagen.config import ConfigError, load_config
@@ -23,7 +25,7 @@ MESSY = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=12)), max_s
 REASONS = {"", "evolution_copy", "evolution_lost_information", "evolution_became_answer", "evolution_unparseable"}
 
 
-def run(records, cfg, llm, namespaces=(STAGE,)):
+def run(records, cfg, llm, namespaces=("evolve_clarify",)):
     model = install_fake(llm, "evolve-test")
     out = run_transform(records, EvolveStage(cfg, {"default": model}), namespaces)
     by_text = lambda r: r.instruction  # noqa: E731
@@ -81,14 +83,28 @@ def test_check_evolution_details():
                            CFG) == ("evolution_copy", "similarity 1.00 to 'Explain what a lease is.'")
 
 
-def test_operation_choice_is_deterministic_and_expand_only_for_low_resource():
-    cfg = EvolveConfig(operations=["clarify", "expand", "harder"], low_resource_domains=["law"])
-    records = [Record(f"s{i}", domain="science", instruction=f"Why {i}?") for i in range(60)]
-    chosen = [choose_operation(r, 1, cfg) for r in records]
-    assert chosen == [choose_operation(r, 1, cfg) for r in records]
-    assert set(chosen) == {"clarify", "harder"}
-    assert "expand" in {choose_operation(Record(f"s{i}", domain="law", instruction="x"), 1, cfg) for i in range(30)}
-    assert choose_operation(records[0], 1, EvolveConfig(operations=["expand"])) is None
+def test_check_step_adds_self_containment_and_climbing():
+    assert check_step("harder", "How many legs does a spider have?",
+                      "How many legs does the spider in the passage have, and why?", [], CFG) == (
+        "evolution_not_self_contained", "refers_to_absent_text: 'in the passage' is not in the instruction")
+    assert check_step("harder", "Why do plants need sunlight and water?", "Why do plants need sunlight, water?",
+                      [], CFG) == ("evolution_not_harder", "6 words, the input had 7")
+    assert check_step("harder", "Why do plants need sunlight?", "Why do plants need sunlight? Explain in 3 steps.",
+                      [], CFG) == ("", "")
+    # written by SmolLM2-135M in the demo
+    assert check_step("harder", "How many edges does the pyramid have?", "I would add an additional constraint. "
+                      "How many edges does the pyramid have if it has 5 faces?", [], CFG) == (
+        "evolution_talks_about_task", "talks about the question instead of asking it")
+    assert check_step("harder", "What is the area of a rectangle with a length of 6 and a width of 4?",
+                      "How many people can fit into a room that is 4 times the area of a room that is 6 times the "
+                      "area of a room that is 4 times the length of a room?", [], CFG) == (
+        "evolution_repetitive", "repeated 3-gram ratio 0.36 > 0.20")
+
+
+def test_steps_and_their_counter_names():
+    assert stage_names(EvolveConfig()) == ["evolve_clarify", "evolve_expand", "evolve_harder_r1", "evolve_harder_r2"]
+    assert stage_names(EvolveConfig(rounds=0, low_resource_domains=[])) == ["evolve_clarify"]
+    assert stage_names(EvolveConfig(operations=["clarify"], rounds=3)) == ["evolve_clarify"]
 
 
 def test_prompts_ask_for_chinese_for_chinese_instructions():
@@ -123,16 +139,18 @@ CLARIFY_OUT = {
     "A train travels 120 km in 2 hours. What is its speed?": "What is the speed of a train?",
     "Name three primary colors.": "Sure!",
 }
+CLARIFY_ALL = EvolveConfig(operations=["clarify"], clarify="all", low_resource_domains=[])
 
 
-def test_stage_exact_records_and_reasons():
+def test_clarify_all_exact_records_and_reasons():
     records = [Record("s", domain="science", instruction=text) for text in CLARIFY_OUT]
     llm = FakeLLM(lambda req: CLARIFY_OUT[instruction_in(req.messages[-1][1])], name="evo")
-    kept, rejected, counters = run(records, EvolveConfig(operations=["clarify"], on_failure="reject"), llm)
+    cfg = EvolveConfig(operations=["clarify"], clarify="all", low_resource_domains=[], on_failure="reject")
+    kept, rejected, counters = run(records, cfg, llm, namespaces=stage_names(cfg))
     before = "Why do plants need sunlight?"
     after = "Why do plants need sunlight to make their food?"
     assert [(r.instruction, r.evolution) for r in kept] == [
-        (after, [EvolutionStep(1, "clarify", before, after, True, "")])]
+        (after, [EvolutionStep(0, "clarify", before, after, True, "")])]
     assert kept[0].id == kept[0].content_id() != records[0].id
     step = kept[0].lineage[-1]
     assert (step.stage, step.model, step.template_id, step.template_version) == (
@@ -145,9 +163,78 @@ def test_stage_exact_records_and_reasons():
         ("Name three primary colors.", "evolve", "evolution_unparseable", False, "evolution_unparseable"),
         ("What is the boiling point of water?", "evolve", "evolution_copy", False, "evolution_copy")]
     assert rejected[1].evolution[-1].after == "A spider has eight legs."
-    assert counters[STAGE] == {"in": 5, "kept": 1, "out": 1, "rejected:evolution_copy": 1,
-                               "rejected:evolution_lost_information": 1, "rejected:evolution_became_answer": 1,
-                               "rejected:evolution_unparseable": 1}
+    assert counters["evolve_clarify"] == {"in": 5, "kept": 1, "out": 1, "rejected:evolution_copy": 1,
+                                          "rejected:evolution_lost_information": 1,
+                                          "rejected:evolution_became_answer": 1, "rejected:evolution_unparseable": 1}
+
+
+RECTANGLE_SEED = "A rectangle is 6 cm long and 4 cm wide, so its area is 24 square centimetres."
+WITH_CONTEXT = {  # what the fake model writes when asked to restate an instruction with its seed text
+    "What is the area of the rectangle?": "What is the area of a rectangle that is 6 cm long and 4 cm wide?",
+    "Summarize the passage above.": "Summarize the passage above in two sentences.",
+    "这个长方形的面积是多少？": "一个长方形长6厘米，宽4厘米，它的面积是多少？",
+}
+
+
+def restate(request: Request) -> str:
+    prompt = request.messages[-1][1]
+    assert prompt.startswith(f"Text:\n{RECTANGLE_SEED}\n\n") and "without saying what it is" in prompt
+    return WITH_CONTEXT[instruction_in(prompt)]
+
+
+def test_instructions_that_lack_their_context_are_clarified_with_the_seed_or_rejected():
+    records = [Record("s", domain="math", seed_text=RECTANGLE_SEED, instruction=t) for t in WITH_CONTEXT]
+    records.append(Record("s", domain="math", seed_text=RECTANGLE_SEED, instruction="Why is 7 a prime number?"))
+    llm = FakeLLM(restate, name="evo")
+    cfg = EvolveConfig(operations=["clarify"], low_resource_domains=[])
+    kept, rejected, counters = run(records, cfg, llm, namespaces=stage_names(cfg))
+    assert [r.instruction for r in kept] == ["What is the area of a rectangle that is 6 cm long and 4 cm wide?",
+                                             "Why is 7 a prime number?", "一个长方形长6厘米，宽4厘米，它的面积是多少？"]
+    assert [s.operation for s in kept[0].evolution] == ["clarify"] and kept[1].evolution == []
+    assert kept[0].lineage[-1].template_id == "evolve/clarify_context"
+    assert "mentions 'the rectangle' without" in llm.calls[0].messages[-1][1]
+    assert [(r.reject_stage, r.reject_reason, r.reject_detail) for r in rejected] == [
+        ("evolve", "refers_to_absent_text", "'passage above' is not in the instruction; clarify failed: "
+         "evolution_not_self_contained (refers_to_absent_text: 'passage above' is not in the instruction)")]
+    assert len(llm.calls) == 3  # the self-contained question needed no call
+    assert counters["evolve_clarify"] == {"in": 4, "kept": 3, "out": 3, "rejected:refers_to_absent_text": 1}
+
+
+def test_without_clarify_such_instructions_are_rejected_without_a_call():
+    llm = FakeLLM(name="evo")
+    records = [Record("s", domain="math", instruction="What is the area of the rectangle?"),
+               Record("s", domain="math", instruction="计算这个三角形的周长。")]
+    cfg = EvolveConfig(operations=["harder"], rounds=0, low_resource_domains=[])
+    kept, rejected, counters = run(records, cfg, llm, namespaces=stage_names(cfg))
+    assert kept == [] and llm.calls == []
+    assert sorted((r.reject_reason, r.reject_detail) for r in rejected) == [
+        ("refers_to_undefined_object", "'the rectangle' is never introduced (clarify is off)"),
+        ("refers_to_undefined_object", "'这个三角形' is never described (clarify is off)")]
+
+
+def test_harder_rounds_climb_on_the_previous_result_and_count_per_step():
+    llm = FakeLLM(lambda req: instruction_in(req.messages[-1][1]) + " Show each step.", name="evo")
+    start = Record("s", domain="science", instruction="Why do plants need sunlight?")
+    cfg = EvolveConfig(operations=["clarify", "harder"], rounds=2, low_resource_domains=[])
+    kept, rejected, counters = run([start], cfg, llm, namespaces=stage_names(cfg))
+    once = "Why do plants need sunlight? Show each step."
+    twice = once + " Show each step."
+    assert rejected == [] and [r.instruction for r in kept] == [twice]
+    assert [(s.round, s.operation, s.before, s.after) for s in kept[0].evolution] == [
+        (1, "harder", start.instruction, once), (2, "harder", once, twice)]
+    assert counters == {"evolve_clarify": {"in": 1, "kept": 1, "out": 1},
+                        "evolve_harder_r1": {"in": 1, "kept": 1, "out": 1},
+                        "evolve_harder_r2": {"in": 1, "kept": 1, "out": 1}}
+    assert len({call.params.seed for call in llm.calls}) == 2  # each round samples anew
+
+
+def test_a_harder_rewrite_that_says_no_more_is_dropped_and_the_round_before_goes_on():
+    llm = FakeLLM(lambda req: "Why do plants need light?", name="evo")
+    start = Record("s", domain="science", instruction="Why do plants need sunlight?")
+    cfg = EvolveConfig(operations=["harder"], rounds=1, low_resource_domains=[])
+    kept, rejected, _ = run([start], cfg, llm, namespaces=stage_names(cfg))
+    assert rejected == [] and kept[0].instruction == start.instruction
+    assert [(s.accepted, s.reason) for s in kept[0].evolution] == [(False, "evolution_not_harder")]
 
 
 LAW = ["What is a will?", "What does a notary do?", "When is a contract void?"]
@@ -160,35 +247,23 @@ def test_expand_adds_records_from_in_domain_examples():
     records.append(Record("s", domain="science", instruction="Why is the sky blue?"))
     llm = FakeLLM(lambda req: EXPANSIONS[re.search(r"\n1\. (.*)\n", req.messages[-1][1]).group(1)], name="evo")
     cfg = EvolveConfig(operations=["expand"], low_resource_domains=["law"], expand_examples=2)
-    kept, rejected, counters = run(records, cfg, llm)
+    kept, rejected, counters = run(records, cfg, llm, namespaces=stage_names(cfg))
     assert rejected == []
     assert [r.instruction for r in kept] == sorted([*LAW, "Why is the sky blue?", "Explain what a lease must contain.",
                                                     "What rights does a tenant have when the house is sold?"])
     by_text = {r.instruction: r for r in kept}
     assert by_text["Explain what a lease must contain."].evolution == [
-        EvolutionStep(1, "expand", LAW[0], "Explain what a lease must contain.", True, "")]
+        EvolutionStep(0, "expand", LAW[0], "Explain what a lease must contain.", True, "")]
     assert by_text[LAW[0]].evolution == [] and by_text["Why is the sky blue?"].evolution == []
     failed = by_text[LAW[1]].evolution  # a copy of an example: not added, the attempt stays on the original
     assert [(s.operation, s.accepted, s.reason) for s in failed] == [("expand", False, "evolution_copy")]
     for call in llm.calls:  # every prompt shows the other two law instructions as examples
         prompt = call.messages[-1][1]
         assert sum(text in prompt for text in LAW) == 3 and "sky" not in prompt
-    assert counters[STAGE] == {"in": 4, "kept": 4, "out": 6}
+    assert counters["evolve_expand"] == {"in": 4, "kept": 4, "out": 6}
 
 
-def test_two_rounds_keep_the_history_and_count_per_round():
-    llm = FakeLLM(lambda req: instruction_in(req.messages[-1][1]) + " Answer in one paragraph.", name="evo")
-    start = Record("s", domain="science", instruction="Why do plants need sunlight?")
-    kept, rejected, counters = run([start], EvolveConfig(operations=["clarify"], rounds=2), llm,
-                                   namespaces=(STAGE, "evolve_round2"))
-    once = "Why do plants need sunlight? Answer in one paragraph."
-    twice = once + " Answer in one paragraph."
-    assert rejected == [] and [r.instruction for r in kept] == [twice]
-    assert [(s.round, s.before, s.after) for s in kept[0].evolution] == [(1, start.instruction, once), (2, once, twice)]
-    assert counters == {STAGE: {"in": 1, "kept": 1, "out": 1}, "evolve_round2": {"in": 1, "kept": 1, "out": 1}}
-
-
-def test_zero_rounds_pass_records_through():
+def test_zero_rounds_pass_self_contained_records_through():
     start = Record("s", domain="science", instruction="Why do plants need sunlight?")
     kept, rejected, _ = run([start], EvolveConfig(rounds=0), FakeLLM(name="evo"))
     assert kept == [start] and rejected == []
@@ -197,7 +272,7 @@ def test_zero_rounds_pass_records_through():
 def test_by_default_a_failed_evolution_is_dropped_and_the_original_goes_on():
     records = [Record("s", domain="science", instruction=text) for text in CLARIFY_OUT]
     llm = FakeLLM(lambda req: CLARIFY_OUT[instruction_in(req.messages[-1][1])], name="evo")
-    kept, rejected, counters = run(records, EvolveConfig(operations=["clarify"]), llm)
+    kept, rejected, counters = run(records, CLARIFY_ALL, llm, namespaces=stage_names(CLARIFY_ALL))
     assert rejected == []
     unchanged = {r.instruction: r for r in kept if not r.evolution[-1].accepted}
     assert sorted(unchanged) == sorted(t for t in CLARIFY_OUT if t != "Why do plants need sunlight?")
@@ -205,17 +280,17 @@ def test_by_default_a_failed_evolution_is_dropped_and_the_original_goes_on():
     assert spider.id == Record("s", domain="science", instruction="How many legs does a spider have?").id
     assert (spider.evolution[-1].reason, spider.evolution[-1].after) == ("evolution_became_answer",
                                                                          "A spider has eight legs.")
-    assert counters[STAGE] == {"in": 5, "kept": 5, "out": 5}
+    assert counters["evolve_clarify"] == {"in": 5, "kept": 5, "out": 5}
 
 
-def _rounds_with_side_inputs(cfg: EvolveConfig) -> list[str]:
-    """Labels of the evolution rounds that wait on a side input (i.e. on all of generation)."""
+def _steps_with_side_inputs(cfg: EvolveConfig) -> list[str]:
+    """Labels of the evolution steps that wait on a side input (i.e. on all of generation)."""
     class Visitor(beam.pipeline.PipelineVisitor):
         def __init__(self):
             self.labels = []
 
         def visit_transform(self, node):
-            if "/Round" in node.full_label and node.side_inputs:
+            if "/evolve_" in node.full_label and node.side_inputs:
                 self.labels.append(node.full_label)
 
     p = beam.Pipeline()
@@ -226,8 +301,7 @@ def _rounds_with_side_inputs(cfg: EvolveConfig) -> list[str]:
     return visitor.labels
 
 
-def test_rounds_stream_from_generation_unless_expansion_needs_examples():
-    assert _rounds_with_side_inputs(EvolveConfig(rounds=2)) == []
-    assert _rounds_with_side_inputs(EvolveConfig(rounds=2, operations=["clarify"], low_resource_domains=["law"])) == []
-    waiting = _rounds_with_side_inputs(EvolveConfig(rounds=2, low_resource_domains=["law"]))
-    assert len(waiting) == 2 and all("Round" in label for label in waiting)
+def test_only_expansion_waits_for_generation_the_other_steps_stream():
+    assert _steps_with_side_inputs(EvolveConfig(rounds=2, low_resource_domains=[])) == []
+    assert _steps_with_side_inputs(EvolveConfig(rounds=2, operations=["clarify", "harder"])) == []
+    assert [label.split("/")[-2] for label in _steps_with_side_inputs(EvolveConfig(rounds=2))] == ["evolve_expand"]

@@ -80,8 +80,32 @@ def test_every_input_is_accounted_for_at_every_stage(tmp_path, fake_model, capsy
     assert all(r.reject_stage and r.reject_reason for r in rejected)
     assert all(r.status == "kept" and r.critique.mean >= 2.5 and r.response for r in kept)
     assert {step.stage for step in kept[0].lineage} >= {"generate", "evolve", "respond", "critique"}
-    assert len(datasets.load_dataset(str(out), split="train")) == len(kept)
-    assert len(datasets.load_dataset(str(out), "sft", split="train")) == len(kept)
+    hf_cache = str(tmp_path / "hf")  # datasets' shared cache can hold another run's "out" under the same hash
+    assert len(datasets.load_dataset(str(out), split="train", cache_dir=hf_cache)) == len(kept)
+    assert len(datasets.load_dataset(str(out), "sft", split="train", cache_dir=hf_cache)) == len(kept)
     assert (out / "README.md").is_file() and (out / "report" / "index.html").is_file()
     summary = capsys.readouterr().out
     assert "== synthpost: done ==" in summary and str(out) in summary
+
+
+def test_the_judge_check_is_in_stats_and_card_and_min_auc_stops_the_run_first(tmp_path, fake_model, capsys):
+    write_seeds(tmp_path / "seeds.jsonl")
+    out = tmp_path / "out"
+    base = ["--seeds", str(tmp_path / "seeds.jsonl"), "--no_cache", "--models.default.backend", FAKE_BACKEND]
+    assert synth.main([*base, "--output", str(out), "--evolve.operations", "[harder]"]) == 0
+    check = json.loads((out / "stats.json").read_text())["judge_check"]
+    # the fake judge grades every answer alike: a coin, said out loud in the run and the card
+    assert (check["pairs"], check["auc"], check["weak"]) >= (40, 0.5, True) and check["auc"] == 0.5
+    card = (out / "README.md").read_text()
+    assert "## Judge check" in card and "filters nothing meaningful" in card
+    assert "judge check:      AUC 0.50 on 50 calibration pairs  — WEAK" in capsys.readouterr().out
+
+    fake_model.calls.clear()
+    registry.install(registry.ModelConfig(backend=FAKE_BACKEND), fake_model)  # the first run's end let it go
+    stopped = tmp_path / "stopped"
+    assert synth.main([*base, "--output", str(stopped), "--critique.min_auc", "0.6"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: critique judge AUC 0.50 on 50 calibration pairs is below critique.min_auc 0.6: "
+        "stopped before any stage ran"]
+    assert len(fake_model.calls) == 100 and all("graded on five aspects" in c.prompt for c in fake_model.calls)
+    assert not (stopped / "stats.json").exists()

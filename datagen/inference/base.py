@@ -28,9 +28,13 @@ class SamplingParams:
     top_p: float = 0.95
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int = 0  # most likely alternatives returned per generated token; 0: no logprobs
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "stop": list(self.stop)}
+        params = {**dataclasses.asdict(self), "stop": list(self.stop)}
+        if not self.logprobs:  # absent when off, so cache keys of calls without logprobs stay as they were
+            del params["logprobs"]
+        return params
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class Request:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+TokenLogprobs = dict[str, Any]  # {"token": str, "logprob": float, "top": {token: logprob}}
+
+
 @dataclass
 class Completion:
     texts: list[str] = field(default_factory=list)
@@ -66,6 +73,8 @@ class Completion:
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    # per sample, per generated token, when the request asked for logprobs and the backend gives them
+    logprobs: list[list[TokenLogprobs]] | None = None
 
     @property
     def ok(self) -> bool:

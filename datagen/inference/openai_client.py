@@ -97,19 +97,26 @@ class OpenAIEndpointLLM(GenerateMixin):
         common = dict(model=self.model, n=p.n, max_tokens=p.max_tokens, temperature=p.temperature,
                       top_p=p.top_p, seed=p.seed, stop=list(p.stop) or None)
         if request.messages:
+            if p.logprobs:
+                common.update(logprobs=True, top_logprobs=p.logprobs)
             resp = await self._client.chat.completions.create(messages=request.message_dicts(), **common)
             choices = sorted(resp.choices, key=lambda c: c.index)
             texts = [c.message.content or "" for c in choices]
+            logprobs = [_chat_logprobs(c) for c in choices] if p.logprobs else None
         else:
+            if p.logprobs:
+                common.update(logprobs=p.logprobs)
             resp = await self._client.completions.create(prompt=request.prompt or "", **common)
             choices = sorted(resp.choices, key=lambda c: c.index)
             texts = [c.text or "" for c in choices]
+            logprobs = [_completion_logprobs(c) for c in choices] if p.logprobs else None
         usage = resp.usage
         return Completion(
             texts=texts,
             finish_reasons=[c.finish_reason or "" for c in choices],
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
+            logprobs=logprobs if logprobs and all(logprobs) else None,
         )
 
     def close(self) -> None:
@@ -122,6 +129,23 @@ class OpenAIEndpointLLM(GenerateMixin):
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+def _chat_logprobs(choice) -> list[dict]:
+    """Chat API: logprobs.content = [{token, logprob, top_logprobs: [{token, logprob}]}]."""
+    content = getattr(choice.logprobs, "content", None) or []
+    return [{"token": t.token, "logprob": t.logprob,
+             "top": {alt.token: alt.logprob for alt in (t.top_logprobs or [])}} for t in content]
+
+
+def _completion_logprobs(choice) -> list[dict]:
+    """Completions API: logprobs = {tokens, token_logprobs, top_logprobs: [{token: logprob}]}."""
+    lp = choice.logprobs
+    if lp is None or not lp.tokens:
+        return []
+    tops = lp.top_logprobs or [None] * len(lp.tokens)
+    return [{"token": token, "logprob": logprob, "top": dict(top or {})}
+            for token, logprob, top in zip(lp.tokens, lp.token_logprobs or [], tops)]
 
 
 def _short(err: BaseException | None) -> str:

@@ -1,0 +1,157 @@
+"""Grades from logprobs (G-Eval) and the judge check on the shipped calibration pairs: parsers and
+routing with a fake judge (exact values and reasons); the real SmolLM2 path is in test_filters_vllm.py."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import pytest
+
+from datagen import calibration
+from datagen.critique import (CritiqueConfig, CritiqueStage, JudgeCheckFailed, enforce_min_auc, judge_check,
+                              read_critique)
+from datagen.critique_parse import expected_scores
+from datagen.inference.base import Completion, Request
+from datagen.record import Consistency, Record, Response
+from fakes import FakeLLM, install_fake
+from stage_harness import run_transform
+
+
+def tok(text, top=None):
+    """A generated token; `top` maps alternatives to probabilities."""
+    top = top or {text: 1.0}
+    return {"token": text, "logprob": math.log(top.get(text, 1.0)),
+            "top": {t: math.log(p) for t, p in top.items()}}
+
+
+def fewshot_tokens(accuracy_top, rest=(4, 4, 3, 3)):
+    """What SmolLM2's tokenizer makes of ' 1\nRelevance: 4\n...' after the prefilled 'Accuracy:'."""
+    tokens = [tok(" "), tok(max(accuracy_top, key=accuracy_top.get), accuracy_top), tok("\n")]
+    for name, tier in zip(("Rele", "Complete", "Use", "Clar"), rest):
+        suffix = {"Rele": "vance", "Complete": "ness", "Use": "fulness", "Clar": "ity"}[name]
+        tokens += [tok(name), tok(suffix), tok(":"), tok(" "), tok(str(tier)), tok("\n")]
+    return tokens
+
+
+def test_expected_score_from_the_probabilities_of_1_to_4():
+    tokens = fewshot_tokens({"1": 0.6, "4": 0.3, "\n": 0.1})
+    assert expected_scores(tokens, prefix="Accuracy:") == {
+        "accuracy": 2.0, "relevance": 4.0, "completeness": 4.0, "usefulness": 3.0, "clarity": 3.0}
+    # a tier missing from the alternatives counts 0; tokens like " 3" and Chinese aspect names work
+    chat = [tok("准确性"), tok("："), tok(" 3", {" 3": 0.5, " 2": 0.5}), tok("\n"), tok("Accuracy"), tok(": "),
+            tok("1", {"1": 1.0})]
+    assert expected_scores(chat) == {"accuracy": 2.5}  # the first score position of an aspect wins
+    assert expected_scores([tok("Score"), tok(": "), tok("3")]) == {}
+
+
+def test_read_critique_uses_logprobs_only_when_asked_and_given():
+    text = " 1\nRelevance: 4\nCompleteness: 4\nUsefulness: 3\nClarity: 3"
+    completion = Completion(texts=[text], logprobs=[fewshot_tokens({"1": 0.6, "4": 0.3, "\n": 0.1})])
+    parsed = read_critique(completion, CritiqueConfig())
+    assert parsed.scores["accuracy"] == 1 and parsed.expected["accuracy"] == 2.0
+    assert parsed.grade(["accuracy"]) == 2.0 and parsed.grade(["accuracy"], use_expected=False) == 1.0
+    assert read_critique(completion, CritiqueConfig(grading="sampled")).expected == {}
+    assert read_critique(Completion(texts=[text]), CritiqueConfig()).expected == {}  # a backend without logprobs
+    with pytest.raises(ValueError, match="critique.grading must be one of logprobs, sampled"):
+        CritiqueConfig(grading="vibes")
+    with pytest.raises(ValueError, match=r"critique.aspects: \['tone'\]"):
+        CritiqueConfig(aspects=["tone"])
+
+
+def judged(accuracy: dict[str, float]) -> Completion:
+    text = f" {max(accuracy, key=accuracy.get)}\nRelevance: 4\nCompleteness: 4\nUsefulness: 3\nClarity: 3"
+    return Completion(texts=[text], finish_reasons=["stop"], logprobs=[fewshot_tokens(accuracy)])
+
+
+def test_stage_grades_by_expected_accuracy_and_critiques_only_candidates():
+    """A verified item: the judge sees its verified answers only; the proven-wrong one is never chosen."""
+    verdicts = ["verified", "wrong", "verified", "unverified"]
+    record = Record(seed_id="m", domain="math", instruction="What is 6 x 7?", objective=True,
+                    responses=[Response(f"answer {i}", verdict=v) for i, v in enumerate(verdicts)],
+                    consistency=Consistency(method="math", outcome="verified"))
+    plain = Record(seed_id="p", instruction="Why?", responses=[Response("answer 0")])
+    tiers = {"answer 0": {"2": 0.5, "3": 0.5}, "answer 2": {"3": 0.9, "4": 0.1}}
+    judge = FakeLLM(lambda r: judged(tiers[r.prompt.rsplit("### Answer\n", 1)[1].split("\n")[0]]), name="judge")
+    model = install_fake(judge, "judge-logprobs")
+    cfg = CritiqueConfig(model="judge", min_mean=2.6)
+    out = run_transform([record, plain], CritiqueStage(cfg, {"judge": model}), ["critique"])
+    assert [r.prompt.rsplit("### Answer\n", 1)[1].split("\n")[0] for r in judge.calls] == [
+        "answer 0", "answer 2", "answer 0"]
+    assert all(r.params.logprobs == 8 for r in judge.calls)
+    kept = out.kept[0]
+    assert kept.response == "answer 2" and [r.score for r in kept.responses] == [2.5, None, 3.1, None]
+    assert (kept.critique.mean, kept.critique.grading, kept.critique.expected["accuracy"]) == (3.1, "logprobs", 3.1)
+    assert [(r.reject_reason, r.reject_detail) for r in out.rejected] == [
+        ("low_critique_score", "mean=2.50 accuracy=2.50 relevance=4 completeness=4 usefulness=3 clarity=3")]
+
+
+def test_no_candidate_answer_is_a_reason():
+    record = Record(seed_id="w", instruction="2+2?", responses=[Response("5", verdict="wrong")],
+                    consistency=Consistency(outcome="verified"))
+    out = run_transform([record], CritiqueStage(CritiqueConfig(model="j"), {"j": install_fake(FakeLLM(), "j0")}),
+                        ["critique"])
+    assert [(r.reject_reason, r.reject_detail) for r in out.rejected] == [
+        ("no_candidates", "no answer may be chosen (verdicts ['wrong'])")]
+
+
+# -- the judge check ---------------------------------------------------------------------------------
+def test_shipped_calibration_pairs_cover_every_domain_in_english_and_chinese():
+    pairs = calibration.load_pairs()
+    assert len(pairs) >= 40 and len({p.id for p in pairs}) == len(pairs)
+    cells = collections.Counter((p.domain, p.lang) for p in pairs)
+    assert {d for d, _ in cells} == {"math", "code", "science", "humanities", "general"}
+    assert all(cells[(d, lang)] >= 3 for d in ("math", "code", "science", "humanities", "general")
+               for lang in ("en", "zh"))
+    assert all(p.good != p.bad for p in pairs)
+
+
+def test_auc_counts_ties_and_ungraded_answers_half():
+    assert calibration.auc([3, 2, 2, None], [1, 3, 2, 1]) == 0.5  # win, loss, tie, ungraded
+    assert calibration.auc([4, 4], [1, 1]) == 1.0
+    assert calibration.unpaired_auc([3, 1], [2, 2]) == 0.5
+
+
+def pair_judge(good_tiers, bad_tiers):
+    answers = {p.good: good_tiers for p in calibration.load_pairs()} | {p.bad: bad_tiers for p in calibration.load_pairs()}
+
+    def respond(request: Request) -> Completion:
+        answer = request.prompt.rsplit("### Answer\n", 1)[1].rsplit("\n### Grades", 1)[0]
+        return judged(answers[answer])
+    return FakeLLM(respond, name="calibrated")
+
+
+def test_judge_check_measures_logprob_and_sampled_grades_on_the_same_calls():
+    # sampled digits always 3 (a coin: 0.5); the probabilities still lean the right way
+    check = judge_check(CritiqueConfig(), pair_judge({"3": 0.6, "4": 0.4}, {"3": 0.7, "2": 0.3}))
+    pairs = len(calibration.load_pairs())
+    assert (check["pairs"], check["grading"], check["aspects"], check["auc"], check["auc_sampled"],
+            check["auc_logprobs"], check["weak"], check["unparsed"]) == (
+        pairs, "logprobs", ["accuracy"], 1.0, 0.5, 1.0, False, 0)
+    assert check["per_aspect"] == {"accuracy": 1.0, "relevance": 0.5, "completeness": 0.5, "usefulness": 0.5,
+                                   "clarity": 0.5}
+    assert set(check["by_domain"]) == {"math", "code", "science", "humanities", "general"}
+    assert check["model"] == "fake:calibrated"
+
+
+def test_a_coin_judge_is_reported_and_min_auc_stops_the_run():
+    check = judge_check(CritiqueConfig(grading="sampled"), pair_judge({"3": 1.0}, {"3": 1.0}))
+    assert (check["auc"], check["auc_logprobs"], check["weak"]) == (0.5, None, True)
+    assert calibration.warning_line(check).startswith(
+        "WARNING: the critique judge scored 0.50 AUC on 50 calibration pairs (0.5 = a coin): its critique "
+        "filters nothing meaningful.")
+    enforce_min_auc(check, CritiqueConfig())  # min_auc 0: never stops
+    with pytest.raises(JudgeCheckFailed) as err:
+        enforce_min_auc(check, CritiqueConfig(min_auc=0.7))
+    assert str(err.value) == ("critique judge AUC 0.50 on 50 calibration pairs is below critique.min_auc 0.7: "
+                              "stopped before any stage ran")
+
+
+def test_bad_calibration_files_are_clear(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"id": "x", "domain": "math", "lang": "en", "question": "q", "good": "a"}\n')
+    with pytest.raises(calibration.CalibrationError, match=r"pairs.jsonl:1: needs non-empty bad"):
+        calibration.load_pairs(path)
+    with pytest.raises(calibration.CalibrationError, match="judge calibration file not found"):
+        calibration.load_pairs(tmp_path / "none.jsonl")
+    assert dataclasses.fields(calibration.CalibrationPair)[-1].name == "flaw"
