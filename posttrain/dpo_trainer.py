@@ -182,6 +182,8 @@ def prepare_run(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None) -> 
     reference = make_reference(policy)
     if cfg.uses_online and scorer is None:
         scorer = build_scorer(cfg.reward)
+        if hasattr(scorer, "to"):  # a reward model scores on the policy's device (this rank's GPU)
+            scorer.to(PartialState().device)
     refresher = None
     if cfg.uses_online and cfg.rm_refresh.enabled:
         refresh_pairs = pairs

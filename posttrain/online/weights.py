@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from posttrain.checkpoints import drop_tied_copies
+
 
 @dataclass
 class PolicyWeights:
@@ -28,7 +30,8 @@ class PolicyWeights:
     state: dict | None = None  # None: the model's own state_dict (not sharded)
 
     def write(self, directory: str) -> None:
-        self.model.save_pretrained(directory, state_dict=self.state, safe_serialization=True)
+        state = drop_tied_copies(self.state, self.model) if self.state is not None else None
+        self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
 
     def tensors(self) -> Iterator[tuple[str, object]]:
         """(name, tensor) in checkpoint format: tied copies dropped, fused layouts reverted."""
@@ -36,7 +39,7 @@ class PolicyWeights:
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
         state = self.state if self.state is not None else self.model.state_dict()
-        state = remove_tied_weights_from_state_dict(state, self.model)
+        state = remove_tied_weights_from_state_dict(drop_tied_copies(state, self.model), self.model)
         yield from revert_weight_conversion(self.model, state).items()
 
 
