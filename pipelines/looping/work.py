@@ -139,7 +139,9 @@ class LoopPlan:
         def run(step: Step) -> dict:
             path = write_config(step, data)
             self.command(self.trainer(section.launcher, "sft.py") + ["--config", str(path)], step)
-            return read_summary(step.directory / "trainer_state.json", step.directory)
+            states = sorted(step.directory.glob("checkpoint-*/trainer_state.json"),
+                            key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
+            return read_summary(states[-1] if states else step.directory / "trainer_state.json", step.directory)
 
         return self.add("sft", (data, synth.fingerprint), run)
 
