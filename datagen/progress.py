@@ -47,6 +47,36 @@ def in_flight() -> dict[str, int]:
         return {stage: n for stage, n in _waiting.items() if n > 0}
 
 
+class Timeline:
+    """Samples the counters every `every` seconds while a run goes on: `(elapsed, done per stage,
+    records at the model per stage, tokens)` rows, to see when each stage ran and what waited."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self.rows: list[tuple[float, dict[str, int], dict[str, int], int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="timeline", daemon=True)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> "Timeline":
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sample()
+
+    def _sample(self) -> None:
+        done, tokens = snapshot()
+        self.rows.append((time.monotonic() - self.started, done, in_flight(), tokens))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+
 class ProgressPrinter:
     """Prints `[  42s] generate 30 · evolve 12 (+9 at the model) · 4810 tokens generated (114 tok/s)`
     while a pipeline runs."""

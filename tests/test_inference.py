@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from datagen.cache import CachedLLM
+from datagen.cache import CachedLLM, CallCache
 from datagen.inference import registry
 from datagen.inference.base import Completion, InferenceError, Request, SamplingParams
 from datagen.inference.models import prepare, register_alias, resolve_model
@@ -185,6 +185,25 @@ def test_cache_serves_repeats_and_keys_on_params(tmp_path):
     assert first.texts == again.texts == ["answer 1"] and again.cached and not first.cached
     assert other.texts == ["answer 2"]
     assert (cached.hits, cached.misses, len(fake.calls)) == (1, 2, 2)
+
+
+def test_cache_entries_rebuild_each_request_exactly_and_old_entries_still_hit(tmp_path):
+    fake = FakeLLM(lambda req: "ok")
+    cached = CachedLLM(fake, str(tmp_path))
+    requests = [Request.chat("q", system="be brief", params=SamplingParams(n=3, seed=7, stop=("###",))),
+                Request(prompt="Accuracy:", params=SamplingParams(max_tokens=4, temperature=0.0, logprobs=5))]
+    cached.generate(requests)
+    cached.flush()
+    old_key = Request.chat("old").cache_key(cached.identity)  # an entry written before requests were stored
+    CallCache(str(tmp_path)).put(old_key, Completion(texts=["old answer"], completion_tokens=2))
+    entries = list(CallCache(str(tmp_path)).iter_entries())
+    rebuilt = {e.request: e for e in entries if not isinstance(e, str)}
+    assert set(rebuilt) == set(requests) and [e for e in entries if isinstance(e, str)] == [old_key]
+    assert all(e.key == e.request.cache_key(e.model) and e.model == cached.identity for e in rebuilt.values())
+    assert rebuilt[requests[0]].completion.texts == ["ok"] * 3
+    again = cached.generate([Request.chat("old"), *requests])
+    assert [c.cached for c in again] == [True] * 3 and again[0].texts == ["old answer"]
+    assert len(fake.calls) == 2
 
 
 def test_cache_does_not_store_failures(tmp_path):
