@@ -186,3 +186,37 @@ def test_fsdp_dpo_samples_online_rounds_from_vllm(tmp_path):
     assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()
     for index in (0, 1):
         assert len(train_rows(out, index)) == 4
+
+
+class Stop(Exception):
+    pass
+
+
+def test_training_arguments_exist_before_any_model_loads(sft_data, tmp_path, monkeypatch):
+    """ZeRO-3 / FSDP initialisation hooks into from_pretrained only once TrainingArguments (and with
+    them the process group) exist: SFT and RM build them first (DPO builds its DPOConfig first too)."""
+    from posttrain import rm_trainer, sft_trainer
+    from posttrain.models import ModelSpec
+    from posttrain.rm_config import RMRunConfig
+    from posttrain.sft_config import SFTRunConfig
+
+    order = []
+
+    def recorded(name, function, stop=False):
+        def wrapper(*args, **kwargs):
+            order.append(name)
+            if stop:
+                raise Stop
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(sft_trainer, "build_training_args", recorded("args", sft_trainer.build_training_args))
+    monkeypatch.setattr(sft_trainer, "load_policy", recorded("model", sft_trainer.load_policy, stop=True))
+    with pytest.raises(Stop):
+        sft_trainer.train(SFTRunConfig(output_dir=str(tmp_path / "sft"), dataset=sft_data, report_to="none",
+                                       model=ModelSpec(name=MODEL)))
+    monkeypatch.setattr(rm_trainer, "build_training_args", recorded("args", rm_trainer.build_training_args))
+    monkeypatch.setattr(rm_trainer, "load_reward_model", recorded("model", rm_trainer.load_reward_model, stop=True))
+    with pytest.raises(Stop):
+        rm_trainer.train(RMRunConfig(output_dir=str(tmp_path / "rm"), model=MODEL, dataset="seeds", report_to="none"))
+    assert order == ["args", "model", "args", "model"]
