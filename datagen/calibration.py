@@ -140,3 +140,25 @@ def warning_line(check: dict) -> str:
     return (f"WARNING: the critique judge scored {check['auc']:.2f} AUC on {check['pairs']} calibration pairs "
             f"(0.5 = a coin): its critique filters nothing meaningful. Use a stronger judge "
             f"(critique.model) or read the critique scores as noise.")
+
+
+def describe(check: dict) -> str:
+    """The judge check in a paragraph, for the card."""
+    grade = "+".join(check.get("aspects") or ["all aspects"])
+    compare = f"sampled digits {check['auc_sampled']:.2f}" + (
+        f", logprob grades {check['auc_logprobs']:.2f}" if check.get("auc_logprobs") is not None else "") + (
+        f", the mean of all five aspects {check['auc_all_aspects']:.2f}" if check.get("auc_all_aspects") is not None
+        else "")
+    across = check.get("auc_unpaired")
+    return (f"The critique judge `{check.get('model', '')}` graded {check['pairs']} calibration pairs (one question, a "
+            f"known-good and a known-bad answer; every domain, English and Chinese). AUC = the share of pairs whose "
+            f"good answer scores higher (ties half; 0.5 is a coin): **{check['auc']:.2f}** with {check['grading']} "
+            f"grades of {grade} ({compare}); {check['unparsed']} of {2 * check['pairs']} critiques unreadable."
+            + (f" Across questions, which is what the `min_mean` threshold relies on, its grades order good above "
+               f"bad answers {across:.2f} of the time." if across is not None else ""))
+
+
+def table_rows(check: dict) -> list[list[str]]:
+    grade = "+".join(check.get("aspects") or ["all aspects"])
+    return [[f"grade ({grade})", f"{check['auc']:.2f}"], *[[a, f"{v:.2f}"] for a, v in check["per_aspect"].items()],
+            *[[f"domain {d}", f"{v:.2f}"] for d, v in check["by_domain"].items()]]

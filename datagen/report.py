@@ -141,6 +141,9 @@ def render_card(summary: dict, config: dict) -> str:
         "## Judge check\n",
         _judge_text(summary.get("judge_check")),
         "## Critique scores of kept records\n",
+        "The digits the judge wrote" + (" (the grade itself is the expected score from its token probabilities)"
+                                        if (summary.get("judge_check") or {}).get("grading") == "logprobs" else "")
+        + ".\n",
         _critique_table(summary, "kept"),
         "## How to load\n",
         "```python\nfrom datasets import load_dataset\n\n"
@@ -164,15 +167,7 @@ def render_card(summary: dict, config: dict) -> str:
 def _judge_text(check: dict | None) -> str:
     if not check:
         return "The critique judge was not checked in this run (critique.judge_check: false).\n"
-    rows = [["all", f"{check['auc']:.2f}"], *[[a, f"{v:.2f}"] for a, v in check["per_aspect"].items()],
-            *[[f"domain {d}", f"{v:.2f}"] for d, v in check["by_domain"].items()]]
-    compare = f"sampled grades {check['auc_sampled']:.2f}" + (
-        f", logprob grades {check['auc_logprobs']:.2f}" if check.get("auc_logprobs") is not None else "")
-    return (f"The critique judge `{check.get('model', '')}` graded {check['pairs']} calibration pairs (one question, a "
-            f"known-good and a known-bad answer; every domain, English and Chinese). AUC = the share of pairs whose "
-            f"good answer scores higher (ties half; 0.5 is a coin): **{check['auc']:.2f}** with {check['grading']} "
-            f"grades ({compare}); {check['unparsed']} of {2 * check['pairs']} critiques unreadable.\n\n"
-            + _table(["judge check", "AUC"], rows))
+    return calibration.describe(check) + "\n\n" + _table(["judge check", "AUC"], calibration.table_rows(check))
 
 
 def redact(value):

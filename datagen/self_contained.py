@@ -35,15 +35,18 @@ _ABOVE = re.compile(
     rf"script)\b)", re.I)
 _FOLLOWING = re.compile(r"\bthe\s+following\b(?:\s+\w+){0,3}\s*[.?!:]?\s*$", re.I)
 # "the rectangle", "this list", "the right triangle": up to two lower-case words between (a capitalised one
-# makes a name: "the Socratic method"); "that" only right before its noun ("that takes a list" is a clause)
-_DEFINITE = re.compile(rf"\b(?:(?:the|this|these|those|the given|the provided)\s+((?:[a-z][\w-]*\s+){{0,2}}?)|"
-                       rf"that\s+())({_NOUNS})\b")
+# makes a name: "the Socratic method"); code and text nouns right after the determiner ("the kidneys function"
+# is a verb), where "that" may be one too ("that string", but "that takes a list" is a clause)
+_DEFINITE = re.compile(rf"\b(?:(?:the|this|these|those|the given|the provided)\s+((?:[a-z][\w-]*\s+){{0,2}}?)"
+                       rf"({_OBJECT_NOUNS})|(?:the|this|these|those|the given|the provided|that)\s+()"
+                       rf"({_CODE_NOUNS}|{_TEXT_NOUNS}))\b")
 _INTRODUCED = r"\b(?:a|an|one|two|three|four|five|six|some|any|each|every|your|\d+)\s+(?:[\w-]+\s+){{0,4}}?{noun}"
-_SPECIFICS = re.compile(r"^\W{0,3}(?:\S+\s+){0,8}?\S*?(?:\d|[\"'`“‘「\[(=](?=\w)|\b(?:with|whose|of length|of side|"
-                        r"of radius|named|called|where|if|that|which|of an?|containing|[A-Z]{2,}\b))")
+# specifics right after the object, in the same sentence: "the rectangle with sides 3 and 4", "the list [1, 2]"
+_SPECIFICS = re.compile(r"^[^\w.?!;]{0,3}(?:[^\s.?!;]+\s+){0,6}?[^\s.?!;]*?(?:\d|=|[\"'`“‘「\[(](?=\w)|"
+                        r"\b(?:with|whose|of length|of side|of radius|named|called|of an?|containing|[A-Z]{2,}\b))")
 _MAKING = re.compile(r"\b(?:write|create|compose|draft|give|produce|generate|design|implement|define|make|build)\b"
                      r"[^.?!]*$", re.I)
-_MATERIAL = re.compile(r"```|`[^`]+`|(?<!\w)[\"“「'][^\"”」']{12,}[\"”」'](?!\w)|[:：]\s*\S.{20,}", re.S)
+_MATERIAL = re.compile(r"```|`[^`]+`|(?<!\w)[\"“「'][^\"”」']{12,}[\"”」'](?!\w)|[:：]\s*\S.{60,}", re.S)
 _ZH_ABSENT = re.compile(r"上文|上述|文中|原文|本文|以上(?:内容|材料|文字|段落|短文|信息|代码)|"
                         r"(?:根据|阅读|参考|结合)(?:这段|这篇|该|以上|上面|下面|下列|所给|给定)?(?:的)?"
                         r"(?:文字|文章|段落|短文|材料|内容|文本|信息|诗歌?)|"
@@ -66,7 +69,7 @@ def missing_context(text: str) -> tuple[str, str] | None:
     if zh and not re.search(r"\d", text[zh.end():zh.end() + 30]) and not has_material:
         return UNDEFINED_OBJECT, f"{zh.group(0)!r} is never described"
     for match in _DEFINITE.finditer(text):
-        noun = match.group(3)
+        noun = match.group(2) or match.group(4)
         if _resolved(text, match, noun, has_material):
             continue
         return UNDEFINED_OBJECT, f"{match.group(0).strip()!r} is never introduced"

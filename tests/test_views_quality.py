@@ -93,6 +93,6 @@ def test_stats_card_and_report_carry_judge_check_and_quality(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "## Data quality" in card and "## Judge check" in card
     assert "> **WARNING: the critique judge scored 0.48 AUC on 50 calibration pairs" in card
-    assert "**0.48** with sampled grades (sampled grades 0.48)" in card
+    assert "**0.48** with sampled grades of accuracy (sampled digits 0.48, the mean of all five aspects 0.50)" in card
     html = (tmp_path / "report" / "index.html").read_text()
     assert "<h2>Data quality</h2>" in html and "WARNING: the critique judge scored 0.48" in html
