@@ -261,9 +261,12 @@ def judge_check(cfg: CritiqueConfig, llm) -> dict:
     so cached like any call); returns stats.json's `judge_check` (datagen/calibration.py)."""
     pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
     requests = critique_requests([(p.question, answer) for p in pairs for answer in (p.good, p.bad)], cfg)
+    hits_before = getattr(llm, "hits", 0)  # a CachedLLM counts its hits; these calls run outside Beam's metrics
     graded = [read_critique(c, cfg) if c.ok else None for c in llm.generate(requests)]
     check = calibration.summarize(pairs, graded[0::2], graded[1::2], cfg.grading, cfg.aspects)
     check["model"] = llm.identity
+    check["calls"] = len(requests)
+    check["calls_from_cache"] = getattr(llm, "hits", 0) - hits_before
     return check
 
 

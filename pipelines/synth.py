@@ -270,6 +270,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if check:
         print(f"judge check:      AUC {check['auc']:.2f} on {check['pairs']} calibration pairs"
               + ("  — WEAK: the critique filters nothing meaningful" if check["weak"] else ""))
+        print(f"judge calls:      {check['calls']}  ({check['calls_from_cache']} from cache)")
     print(f"model calls:      {cache['calls']}  ({cache['hits']} from cache)")
     print(f"wall time:        {summary['wall_seconds']:.0f} s")
     print(f"output:           {summary['out_dir']}  (card: README.md, funnel: stats.json, "

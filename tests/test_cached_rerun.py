@@ -27,8 +27,8 @@ from test_synth_pipeline import respond_as_each_stage, write_seeds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def calls_and_hits(stdout: str) -> tuple[int, int]:
-    return tuple(map(int, re.search(r"model calls:\s+(\d+)\s+\((\d+) from cache\)", stdout).groups()))
+def calls_and_hits(stdout: str, what: str = "model") -> tuple[int, int]:
+    return tuple(map(int, re.search(rf"{what} calls:\s+(\d+)\s+\((\d+) from cache\)", stdout).groups()))
 
 
 def test_fully_cached_rerun_launches_no_server(tmp_path, monkeypatch, capsys):
@@ -43,8 +43,11 @@ def test_fully_cached_rerun_launches_no_server(tmp_path, monkeypatch, capsys):
         assert synth.main([*args, "--output", str(tmp_path / "first")]) == 0
     finally:
         registry.shutdown_all()
-    first_calls, first_hits = calls_and_hits(capsys.readouterr().out)
-    assert first_calls == len(fake.calls) > 0 and first_hits == 0
+    first_out = capsys.readouterr().out
+    first_calls, first_hits = calls_and_hits(first_out)
+    judge_calls, judge_hits = calls_and_hits(first_out, "judge")  # the judge check, before any stage
+    assert first_calls > 0 and judge_calls > 0 and first_calls + judge_calls == len(fake.calls)
+    assert first_hits == judge_hits == 0
 
     launches = []
 
@@ -58,7 +61,9 @@ def test_fully_cached_rerun_launches_no_server(tmp_path, monkeypatch, capsys):
     finally:
         registry.shutdown_all()
     assert launches == []
-    assert calls_and_hits(capsys.readouterr().out) == (first_calls, first_calls)
+    rerun_out = capsys.readouterr().out
+    assert calls_and_hits(rerun_out) == (first_calls, first_calls)
+    assert calls_and_hits(rerun_out, "judge") == (judge_calls, judge_calls)
     kept = [sorted(r.id for r in read_records(str(tmp_path / run / "data"))) for run in ("first", "rerun")]
     assert kept[0] == kept[1] and kept[0]
 
