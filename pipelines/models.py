@@ -117,7 +117,7 @@ def check_model(name: str, path: str) -> str:
     from posttrain.models import ModelSpec, load_model_config
 
     if model_type(path) == "hunyuan":
-        from posttrain.hunyuan.loading import check_checkpoint
+        from posttrain.hunyuan.checkpoint_check import check_checkpoint
 
         config = check_checkpoint(path)
         return (f"hunyuan, {config.num_hidden_layers} layers, {config.num_experts} routed experts (top-"

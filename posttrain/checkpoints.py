@@ -148,3 +148,16 @@ class ExpertSafeResumeMixin:
         if not hasattr(model, "config") or not (Path(resume_from_checkpoint) / "config.json").is_file():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_weights(model, resume_from_checkpoint)
+
+
+def tensor_shapes(directory: str) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor in a directory's safetensors files (headers only); {} if none."""
+    import glob
+
+    from safetensors import safe_open
+
+    shapes = {}
+    for file in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
+        with safe_open(file, framework="pt") as reader:
+            shapes.update({name: tuple(reader.get_slice(name).get_shape()) for name in reader.keys()})
+    return shapes

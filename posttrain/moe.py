@@ -129,7 +129,7 @@ def _routing_of(config) -> str:
 
 def prepare_moe_model(model, moe: MoEConfig) -> None:
     """Apply the recipe to an already-built model (loaded or built in memory)."""
-    from posttrain.param_groups import freeze_router
+    from posttrain.param_names import freeze_router
 
     apply_dropout(model, moe.attention_dropout, moe.hidden_dropout)
     if is_moe(model):

@@ -3,8 +3,7 @@
 Groups: shared expert, specialized experts (lr × `expert_lr_ratio`: derived from the routing and
 the tokens per optimizer step unless fixed, see posttrain/moe.py), router, attention, embeddings,
 norms, other; each named, so the LR of each is logged as `lr/<group>`.
-Name patterns cover Hunyuan (transformers' `hunyuan_v1_moe` and our native Hunyuan-Large module),
-Mixtral and Qwen-MoE; FSDP's wrapper prefixes are fine: the patterns are searched, not anchored.
+Which group a parameter is in: posttrain/param_names.py.
 
     class MyTrainer(MoETrainerMixin, SFTTrainer): ...
     trainer = MyTrainer(model=model, moe_config=moe_cfg, args=..., ...)
@@ -12,49 +11,13 @@ Mixtral and Qwen-MoE; FSDP's wrapper prefixes are fine: the patterns are searche
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any
 
 from posttrain.checkpoints import ExpertSafeResumeMixin
 from posttrain.expert_load import ExpertLoad
 from posttrain.moe import MoEConfig, derive_expert_lr_ratio
+from posttrain.param_names import GROUP_NAMES, param_group_of
 
 log = logging.getLogger(__name__)
-
-# Parameter-group names, in the order they are matched (first match wins).
-GROUP_NAMES = ("router", "shared_expert", "experts", "norms", "embeddings", "attention", "other")
-
-_GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
-    "router": (r"\.mlp\.gate\.", r"\.block_sparse_moe\.gate\.", r"\.router\."),
-    "shared_expert": (r"\.shared_mlp\.", r"\.shared_experts?\.", r"\.shared_expert_gate\."),
-    "experts": (r"\.experts\.", r"\.experts$", r"\.experts\.[a-z_]+$"),
-    "norms": (r"norm",),
-    "embeddings": (r"embed_tokens", r"lm_head", r"\.wte\.", r"embed_out"),
-    "attention": (r"\.self_attn\.", r"\.attention\."),
-}
-
-
-def param_group_of(name: str) -> str:
-    """Which group a parameter belongs to, from its name."""
-    for group, patterns in _GROUP_PATTERNS.items():
-        if any(re.search(p, name) for p in patterns):
-            return group
-    return "other"
-
-
-def router_parameters(model) -> list[tuple[str, Any]]:
-    return [(n, p) for n, p in model.named_parameters() if param_group_of(n) == "router"]
-
-
-def freeze_router(model) -> int:
-    """Stop training the router; returns the number of parameters frozen."""
-    params = router_parameters(model)
-    if not params:
-        raise ValueError(f"{type(model).__name__}: no router parameters found to freeze")
-    for _, p in params:
-        p.requires_grad_(False)
-    return len(params)
-
 
 def build_param_groups(model, learning_rate: float, weight_decay: float, moe: MoEConfig,
                        batch_tokens: float | None = None) -> list[dict]:

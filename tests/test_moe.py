@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from posttrain.dropout import apply_dropout
 from posttrain.models import ModelLoadError, ModelSpec, load_policy
 from posttrain.moe import MoEConfig, enable_router_aux_loss, prepare_moe_model
-from posttrain.param_groups import GROUP_NAMES, build_param_groups, freeze_router, group_learning_rates, param_group_of
+from posttrain.param_groups import build_param_groups, group_learning_rates
+from posttrain.param_names import GROUP_NAMES, freeze_router, param_group_of
 from posttrain.tiny_moe import TINY_MOE_SHAPE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -52,44 +52,11 @@ def _mismatch(entry) -> tuple[str, tuple, tuple]:
     return str(entry), (), ()
 
 
-def check_checkpoint(path) -> "HunYuanConfig":  # noqa: F821 - imported below, at call time
-    """Check a Hunyuan checkpoint directory without loading its weights: the config builds
-    (HunyuanConfigError naming the key otherwise) and the safetensors hold exactly the tensors,
-    with the shapes, that the config's model needs (CheckpointError naming the first that does not).
-    Reads only the config and the safetensors headers; returns the config."""
-    import torch
-
-    from .configuration import HunYuanConfig
-    from .modeling import HunYuanForCausalLM
-
-    config = HunYuanConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = HunYuanForCausalLM(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
-    found = safetensors_shapes(path)
-    if config.tie_word_embeddings:
-        found.pop("lm_head.weight", None)  # a tied head may be written out; it is the embedding
-    mismatched = [(k, found[k], v) for k, v in expected.items() if k in found and found[k] != v]
-    check_loading_info({"missing_keys": [k for k in expected if k not in found],
-                        "unexpected_keys": [k for k in found if k not in expected],
-                        "mismatched_keys": mismatched}, model)
-    return config
-
-
 def safetensors_shapes(path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from the headers of a directory's *.safetensors files."""
-    from pathlib import Path
+    from posttrain.checkpoints import tensor_shapes
 
-    from safetensors import safe_open
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
+    shapes = tensor_shapes(str(path))
+    if not shapes:
         raise CheckpointError(f"{path} has no *.safetensors weights")
-    shapes = {}
-    for file in files:
-        with safe_open(str(file), "pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes

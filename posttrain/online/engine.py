@@ -36,6 +36,7 @@ from datagen.inference.base import Completion, InferenceError, Request
 from datagen.inference.managed import server_args, server_env
 from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
+from posttrain.checkpoints import tensor_shapes
 from posttrain.online.weights import PolicyWeights
 
 log = logging.getLogger("posttrain.dpo")
@@ -204,19 +205,6 @@ def make_transport(name: str, rpc, check):
 
         name = "nccl" if torch.cuda.is_available() else "shm"
     return NcclTransport(rpc, check) if name == "nccl" else SharedMemoryTransport(rpc, check)
-
-
-def tensor_shapes(directory: str) -> dict[str, tuple[int, ...]]:
-    """Name → shape of every tensor in a directory's safetensors files (headers only); {} if none."""
-    import glob
-
-    from safetensors import safe_open
-
-    shapes = {}
-    for file in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
-        with safe_open(file, framework="pt") as reader:
-            shapes.update({name: tuple(reader.get_slice(name).get_shape()) for name in reader.keys()})
-    return shapes
 
 
 def check_same_tensors(served: dict, pushed: dict) -> None:

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from posttrain.checkpoints import drop_tied_copies
+from posttrain.checkpoints import drop_tied_copies, tensor_shapes
 
 
 @dataclass
@@ -53,7 +53,6 @@ class SharedMemoryTransport:
         self.rpc, self.check = rpc, check  # rpc(method, args); check(name -> shape) raises on a mismatch
 
     def push(self, weights: PolicyWeights) -> None:
-        from posttrain.online.engine import tensor_shapes
 
         staging = tempfile.mkdtemp(prefix="synthpost-policy-", dir=shared_memory_dir())
         try:
