@@ -92,8 +92,9 @@ class VLLMServer:
             self.port = free_port()
             # the port in the name: several workers' servers are told apart at a glance
             self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-port{self.port}.log"
+        # unbuffered: the engine's lines (KV cache size, errors) are in the log when we read it, not in a buffer
         env = {**os.environ, **offline_env(self.model_path), "VLLM_NO_USAGE_STATS": "1",
-               "DO_NOT_TRACK": "1", **self.env, TAG_VAR: self.tag}
+               "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1", **self.env, TAG_VAR: self.tag}
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
         cmd = self.command()
         log.info("starting vLLM: %s", " ".join(cmd))

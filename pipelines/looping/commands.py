@@ -60,7 +60,9 @@ def run_logged(argv: list[str], log_path: Path, label: str, env: dict[str, str] 
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
         child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+                                 # unbuffered: the progress line read from the log is the step's latest
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=cwd,
+                                 start_new_session=True)
         try:
             while True:
                 try:
