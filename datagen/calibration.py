@@ -19,12 +19,12 @@ stage's judge grades both answers of every pair at the start of a run (`critique
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from datagen.critique_parse import ParsedCritique
+from datagen.jsonl import read_objects
 from datagen.record import CRITIQUE_ASPECTS
 
 CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "judge_calibration.jsonl"
@@ -49,16 +49,8 @@ class CalibrationPair:
 
 def load_pairs(path: str | Path = CALIBRATION_FILE) -> list[CalibrationPair]:
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"judge calibration file not found: {path}")
     pairs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as err:
-            raise CalibrationError(f"{path}:{line_no}: invalid JSON ({err})") from None
+    for line_no, item in read_objects(path, CalibrationError, "judge calibration"):
         missing = [k for k in _FIELDS if not isinstance(item.get(k), str) or not item[k].strip()]
         if missing:
             raise CalibrationError(f"{path}:{line_no}: needs non-empty {', '.join(missing)}")

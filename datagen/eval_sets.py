@@ -12,8 +12,9 @@ first N items — what `limit` takes — cover every level or domain.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from datagen.jsonl import read_objects
 
 EVAL_DIR = Path(__file__).resolve().parent / "data" / "eval"
 NAMES = ("math", "code", "judge")
@@ -31,7 +32,10 @@ def load(name: str, limit: int | None = None) -> list[dict]:
         raise EvalSetError(f"unknown eval set {name!r} (known: {', '.join(NAMES)})")
     if limit is not None and limit < 1:
         raise EvalSetError(f"eval set {name}: limit must be at least 1, got {limit}")
-    items = _humaneval() if name == "code" else _read_jsonl(EVAL_DIR / f"{name}.jsonl")
+    if name == "code":
+        items = _humaneval()
+    else:
+        items = [item for _, item in read_objects(EVAL_DIR / f"{name}.jsonl", EvalSetError, "eval set")]
     for line_no, item in enumerate(items, start=1):
         missing = [k for k in REQUIRED[name] if k not in item]
         if missing:
@@ -44,23 +48,6 @@ def load(name: str, limit: int | None = None) -> list[dict]:
 def benchmark_texts(name: str) -> list[str]:
     """The texts decontamination compares against, one per item of eval set `name`."""
     return [item["text"] for item in load(name)]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise EvalSetError(f"eval set file not found: {path}")
-    items = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as err:
-            raise EvalSetError(f"{path}:{line_no}: invalid JSON ({err})") from None
-        if not isinstance(item, dict):
-            raise EvalSetError(f"{path}:{line_no}: expected a JSON object")
-        items.append(item)
-    return items
 
 
 def _humaneval() -> list[dict]:

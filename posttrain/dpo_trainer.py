@@ -49,7 +49,7 @@ from posttrain.online.rounds import OnlineRounds
 from posttrain.pairs import load_preference_pairs
 from posttrain.param_groups import MoETrainerMixin
 from posttrain.rm_refresh import RewardRefresher
-from posttrain.trl_args import build_trl_args
+from posttrain.trl_args import build_trl_args, trainer_owned
 from rewards.scoring import build_scorer
 
 log = logging.getLogger("posttrain.dpo")
@@ -134,13 +134,10 @@ def build_dpo_args(cfg: DPORunConfig, moe_model: bool) -> DPOConfig:
         DPOConfig, cfg,
         loss_type=list(cfg.loss_type), loss_weights=list(cfg.loss_weights),
         router_aux_loss_coef=cfg.moe.router_aux_loss_coef if moe_model else None,
-        save_strategy="steps", save_steps=cfg.checkpoint_every,  # for resume; never the sampler's hand-off
-        save_total_limit=None,  # CommitCheckpoint rotates, counting only complete checkpoints
+        save_steps=cfg.checkpoint_every,  # for resume; never the sampler's hand-off
         ignore_data_skip=False,  # a resume skips the slots of the steps already trained
         report_to=[] if cfg.report_to in ("none", "tensorboard") else [cfg.report_to],
-        data_seed=cfg.seed,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator
-        push_to_hub=False,
+        **trainer_owned(cfg),
     )
 
 

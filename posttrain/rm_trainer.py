@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
@@ -22,7 +21,7 @@ from posttrain.data import DataError, DataReport, hold_out
 from posttrain.ema import EMACallback
 from posttrain.pairs import load_preference_pairs
 from posttrain.rm_config import RMRunConfig
-from posttrain.trl_args import build_trl_args
+from posttrain.trl_args import build_trl_args, trainer_owned
 from rewards.reward_model import load_reward_model
 
 log = logging.getLogger("posttrain.rm")
@@ -58,12 +57,8 @@ def build_training_args(cfg: RMRunConfig, has_eval: bool) -> RewardConfig:
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         center_rewards_coefficient=cfg.center_rewards_coefficient or None,
         eval_strategy="epoch" if has_eval else "no",
-        save_strategy="steps",
-        save_total_limit=None,  # CommitCheckpoint rotates, counting only complete checkpoints
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        data_seed=cfg.seed,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator
-        push_to_hub=False,
+        **trainer_owned(cfg),
     )
 
 

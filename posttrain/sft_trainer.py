@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from trl import SFTConfig, SFTTrainer
 
 from datagen.config import to_dict
@@ -21,7 +20,7 @@ from posttrain.moe import is_moe, prepare_moe_model
 from posttrain.param_groups import MoETrainerMixin, build_param_groups, describe_param_groups
 from posttrain.sft_config import SFTRunConfig
 from posttrain.sft_data import load_sft_splits
-from posttrain.trl_args import build_trl_args
+from posttrain.trl_args import build_trl_args, trainer_owned
 
 log = logging.getLogger("posttrain.sft")
 
@@ -44,12 +43,8 @@ def build_training_args(cfg: SFTRunConfig, has_eval: bool) -> SFTConfig:
         router_aux_loss_coef=None,  # set once the model is known to be a MoE (build_trainer)
         eval_strategy="steps" if has_eval and eval_every else "no",
         eval_steps=eval_every,
-        save_strategy="steps",
-        save_total_limit=None,  # CommitCheckpoint rotates, counting only complete checkpoints
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        data_seed=cfg.seed,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator
-        push_to_hub=False,
+        **trainer_owned(cfg),
     )
 
 

@@ -46,3 +46,16 @@ def build_trl_args(trl_cls: type, run_cfg: Any, defaults: dict[str, Any] | None 
     kwargs.update(getattr(run_cfg, "trl_args", {}) or {})
     kwargs.update(fixed)
     return trl_cls(**kwargs)
+
+
+def trainer_owned(cfg: Any) -> dict[str, Any]:
+    """What every trainer of ours sets itself, the same way."""
+    import torch
+
+    return {
+        "save_strategy": "steps",
+        "save_total_limit": None,  # CommitCheckpoint rotates, counting only complete checkpoints
+        "data_seed": cfg.seed,
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning needs an accelerator
+        "push_to_hub": False,  # posttrain/hub.py pushes the finished model itself
+    }
