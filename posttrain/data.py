@@ -78,7 +78,7 @@ def load_view(source: str, view: str = "", split: str = "train"):
         if path.is_dir():
             if _is_saved_to_disk(path):
                 return _load_saved(path, split)
-            return datasets.load_dataset(str(path), _config_for(str(path), view), split=split)
+            return _load_dir(path, view, split)
     except DataError:
         raise
     except (ValueError, KeyError, OSError) as err:
@@ -104,6 +104,24 @@ def _load_files(path: Path, split: str):
     if split != "train":
         raise DataError(f"{path}: a single file has only the split 'train', not {split!r}")
     return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
+
+
+def _load_dir(path: Path, view: str, split: str):
+    """A local dataset directory, its files found through its card's configs, then read by file type.
+    Not `load_dataset(DIR, view)`: the datasets cache keys a local directory's config by its path, so
+    a directory rewritten in place (a second synth run to the same --output) read back the old rows."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(str(path), _config_for(str(path), view))
+    files = {name: [str(f) for f in found] for name, found in (builder.config.data_files or {}).items()}
+    if not files.get(split):
+        raise DataError(f"dataset {path} has no {split!r} split (splits: {', '.join(files) or 'none'})")
+    suffixes = {Path(f).suffix.lower() for f in files[split]}
+    if len(suffixes) != 1 or not suffixes <= set(_FILE_BUILDERS):
+        raise DataError(f"dataset {path}: {split} files of types {', '.join(sorted(suffixes))} "
+                        f"(one of {', '.join(sorted(_FILE_BUILDERS))} expected)")
+    # a file builder's cache key includes each file's modification time
+    return datasets.load_dataset(_FILE_BUILDERS[suffixes.pop()], data_files={split: files[split]}, split=split)
 
 
 def _is_saved_to_disk(path: Path) -> bool:

@@ -209,6 +209,20 @@ def test_datagen_output_directory_is_read_through_its_sft_view(tmp_path, tokeniz
         load_view(str(tmp_path), "dpo")
 
 
+def test_a_directory_rewritten_in_place_is_read_anew(tmp_path):
+    """A second synth run to the same --output: training must see its rows, not the cached first run's."""
+    import time
+
+    from datasets import Dataset
+
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: sft\n  data_files: sft/*.parquet\n---\n")
+    for rows in (5, 3):
+        Dataset.from_list([chat(i) for i in range(rows)]).to_parquet(str(tmp_path / "sft" / "train-0.parquet"))
+        assert len(load_view(str(tmp_path), "sft")) == rows
+        time.sleep(0.05)  # a later modification time for the rewrite
+
+
 def test_plain_jsonl_file_is_read_whatever_the_view(tmp_path):
     from datasets import Dataset
 
