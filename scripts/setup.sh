@@ -14,7 +14,8 @@ WANT="$(cat requirements/cpu.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "synthpost needs Python 3.11, found " + sys.version.split()[0]'
   echo "[setup] creating $VENV and installing the pinned CPU stack (a few minutes, ~4 GB)"
-  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  # no venv, or one an interrupted earlier run left without pip: make it (anew)
+  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$PYTHON" -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # The lock is complete, so no resolver run: exactly these versions, nothing else.
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements/cpu.lock
