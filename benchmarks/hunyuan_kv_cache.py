@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 
 import torch
@@ -54,10 +53,10 @@ def vllm_bytes_per_token(model, tokenizer) -> float:
                             env={"VLLM_CPU_KVCACHE_SPACE": str(KV_SPACE_GIB)}, start_timeout=900)
         try:
             server.start()
-            found = re.search(r"KV cache size: ([\d,]+) tokens", server.log_path.read_text(errors="replace"))
+            tokens = server.kv_cache_tokens()
         finally:
             server.stop()
-    return KV_SPACE_GIB * 2**30 / int(found.group(1).replace(",", ""))
+    return KV_SPACE_GIB * 2**30 / tokens
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ whose every layer keeps its own K/V."""
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -53,8 +52,7 @@ def serve_and_collect(model_dir: str, prompts: list[list[int]]) -> tuple[list[di
                         start_timeout=600)
     try:
         server.start()
-        tokens = re.search(r"KV cache size: ([\d,]+) tokens", server.log_path.read_text(errors="replace"))
-        return [_complete(server, ids) for ids in prompts], int(tokens.group(1).replace(",", ""))
+        return [_complete(server, ids) for ids in prompts], server.kv_cache_tokens()
     finally:
         server.stop()
         group = server.proc.pid if server.proc else None

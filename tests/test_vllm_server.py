@@ -18,11 +18,18 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module")
 def llm():
+    previous = os.environ.get("VLLM_LOGGING_LEVEL")
+    os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"  # what importing trl does to a process (trl/_compat.py)
     cfg = registry.ModelConfig(backend="vllm", model="smollm2-135m", max_concurrency=8,
                                kv_cache_gib=1, max_model_len=2048, backoff_seconds=0.5)
-    managed = registry.get_llm(cfg)
-    yield managed
-    registry.shutdown_all()
+    try:
+        yield registry.get_llm(cfg)
+    finally:
+        registry.shutdown_all()
+        if previous is None:
+            os.environ.pop("VLLM_LOGGING_LEVEL", None)
+        else:
+            os.environ["VLLM_LOGGING_LEVEL"] = previous
 
 
 def test_generates_real_text_with_n_samples(llm):
@@ -31,6 +38,12 @@ def test_generates_real_text_with_n_samples(llm):
     assert out.ok and len(out.texts) == 3
     assert all(len(t.split()) >= 3 for t in out.texts)
     assert any(c in " ".join(out.texts).lower() for c in ("red", "blue", "yellow", "green"))
+
+
+def test_server_log_keeps_vllms_info_lines_when_the_process_asks_for_errors_only(llm):
+    """The log a failure shows must hold vLLM's INFO lines (engine config, KV cache), whatever trl set."""
+    log = llm.server.log_path.read_text(errors="replace")
+    assert "KV cache size" in log and llm.server.kv_cache_tokens() > 0
 
 
 def test_same_seed_gives_same_sample(llm):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,9 +93,11 @@ class VLLMServer:
             self.port = free_port()
             # the port in the name: several workers' servers are told apart at a glance
             self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-port{self.port}.log"
-        # unbuffered: the engine's lines (KV cache size, errors) are in the log when we read it, not in a buffer
-        env = {**os.environ, **offline_env(self.model_path), "VLLM_NO_USAGE_STATS": "1",
-               "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1", **self.env, TAG_VAR: self.tag}
+        # unbuffered: the engine's lines are in the log when we read it, not in a buffer; INFO: importing
+        # trl sets VLLM_LOGGING_LEVEL=ERROR in os.environ, which left our logs without vLLM's own lines
+        # (a model's server_env can still set another level)
+        env = {**os.environ, **offline_env(self.model_path), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+               "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_LEVEL": "INFO", **self.env, TAG_VAR: self.tag}
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
         cmd = self.command()
         log.info("starting vLLM: %s", " ".join(cmd))
@@ -157,6 +160,16 @@ class VLLMServer:
                 pass
         reaped = proc.poll() is not None  # reaps the API server if it died on its own
         kill_and_wait(server_processes(proc.pid, self.tag, reaped), timeout=grace)
+
+    def kv_cache_tokens(self) -> int:
+        """The KV cache size in tokens, as the running engine reports it on /metrics (its log line
+        appears only where vLLM configured its logging, which not every launch context does)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as resp:
+            text = resp.read().decode("utf-8", errors="replace")
+        found = re.search(r'kv_cache_size_tokens="(\d+)"', text)
+        if not found:
+            raise InferenceError(f"vLLM server for {self.served_name}: /metrics has no kv_cache_size_tokens")
+        return int(found.group(1))
 
     def log_tail(self, lines: int = 15) -> str:
         try:
