@@ -57,12 +57,20 @@ def parse_args(argv: list[str]) -> EvalConfig:
     return load_config(EvalConfig, known.config, rest + overrides)
 
 
+def all_models_local(cfg: EvalConfig) -> bool:
+    """No role names a hub id (`org/name` that is not a local path); a hub id must stay downloadable."""
+    names = [m.model for m in cfg.models.values()]
+    names += [n for n in (cfg.model, cfg.baseline, cfg.judge, cfg.reward) if n and n not in cfg.models]
+    return all("/" not in n or os.path.exists(n) for n in names)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s [eval] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("synthpost.eval").setLevel(logging.INFO)  # our progress lines; others only warn
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        if all_models_local(cfg):
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing to fetch: never wait on a hub
         results = evaluate(cfg)
     except (ConfigError, InferenceError, ValueError, OSError) as err:
         print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}",

@@ -171,3 +171,10 @@ def test_cli_with_a_models_config_prints_one_summary_line(fakes, tmp_path, capsy
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("eval policy vs policy: math 100.0%") and "judge win rate 50.0%" in lines[0]
     assert (out / "results.json").is_file() and (out / "report.html").is_file()
+
+
+def test_offline_mode_only_when_every_model_is_local(tmp_path):
+    local = eval_cli.parse_args(["--model", "smollm2-135m", "--baseline", str(tmp_path), "--judge", "smollm2-135m"])
+    assert eval_cli.all_models_local(local)
+    hub = eval_cli.parse_args(["--model", "smollm2-135m", "--baseline", "HuggingFaceTB/SmolLM2-360M-Instruct"])
+    assert not eval_cli.all_models_local(hub)  # a hub id must stay downloadable: no HF_HUB_OFFLINE
