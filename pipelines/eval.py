@@ -21,6 +21,7 @@ import sys
 import posttrain  # noqa: F401 - registers posttrain's model aliases (smollm2-moe, tiny-hunyuan-moe)
 from datagen.config import ConfigError, format_keys, load_config
 from datagen.inference.base import InferenceError
+from datagen.inference.models import is_hub_id
 from pipelines.evaluation import EvalConfig, evaluate
 from pipelines.evaluation.report import summary_line
 
@@ -61,7 +62,7 @@ def all_models_local(cfg: EvalConfig) -> bool:
     """No role names a hub id (`org/name` that is not a local path); a hub id must stay downloadable."""
     names = [m.model for m in cfg.models.values()]
     names += [n for n in (cfg.model, cfg.baseline, cfg.judge, cfg.reward) if n and n not in cfg.models]
-    return all("/" not in n or os.path.exists(n) for n in names)
+    return not any(is_hub_id(n) for n in names)
 
 
 def main(argv: list[str] | None = None) -> int:

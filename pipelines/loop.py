@@ -23,7 +23,7 @@ import sys
 
 import posttrain  # noqa: F401 - registers posttrain's model aliases (smollm2-moe, tiny-hunyuan-moe)
 from datagen.config import ConfigError, format_keys
-from datagen.inference.models import known_aliases
+from datagen.inference.models import is_hub_id, known_aliases
 from pipelines.looping.config import LoopConfig, load_loop_config
 from pipelines.looping.steps import LoopError, run_steps
 
@@ -57,7 +57,7 @@ def start_model(cfg: LoopConfig) -> str:
 def child_env(cfg: LoopConfig) -> dict[str, str]:
     """Every model in the loop is local unless a hub id is named: children never wait on a hub."""
     names = [cfg.model, cfg.fallback_model, cfg.eval.judge]
-    if all("/" not in n or os.path.exists(n) for n in names):
+    if not any(is_hub_id(n) for n in names):
         return {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     return {}
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from datagen.inference.models import is_hub_id
+
 
 def save_with_card(trainer, output_dir: str | Path, report, **card: Any) -> Path | None:
     """Save the trainer's model (gathered under FSDP / ZeRO-3), then, on the main process only, the
@@ -41,11 +43,11 @@ def write_model_card(
     """Write README.md in `output_dir` and return its path. `hub_repo`: where the model is pushed
     (the usage snippet loads it from there); `auto_class`: the transformers class that loads it."""
     front: dict[str, Any] = {"library_name": "transformers"}
-    if _is_hub_id(base_model):
+    if is_hub_id(base_model):
         front["base_model"] = base_model  # the hub links it; local paths and aliases stay in the text
     front["tags"] = ["synthpost", "trl", method.lower().replace(" ", "-")]
     front["pipeline_tag"] = "text-generation" if auto_class == "AutoModelForCausalLM" else "text-classification"
-    if _is_hub_id(dataset):
+    if is_hub_id(dataset):
         front["datasets"] = [dataset]
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [f"# {Path(output_dir).name}", ""]
@@ -86,10 +88,6 @@ def _data_section(dataset: str, report: dict[str, Any] | None) -> list[str]:
     if report.get("max_length"):
         lines.append(f"- max length: {report['max_length']} tokens (longer samples skipped, not truncated)")
     return lines
-
-
-def _is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
 def _fmt(value: Any) -> str:

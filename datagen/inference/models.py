@@ -147,9 +147,14 @@ def resolve_model(name: str) -> str:
         if not (path / "config.json").is_file():
             raise InferenceError(f"model directory {path} has no config.json")
         return str(path)
-    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        return name  # a hub id: loaders resolve it (offline machines need it in the HF cache)
+    if is_hub_id(name):
+        return name  # loaders resolve it (offline machines need it in the HF cache)
     raise InferenceError(_unknown(name, "not an alias, not a directory, not a hub id"))
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` that is not a local path: a model the hub must provide."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
 
 
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
