@@ -20,7 +20,7 @@ from datagen.config import ConfigError, format_keys, load_config
 from datagen.hub import PushError, require_token
 from datagen.inference.base import InferenceError
 from posttrain.data import DataError
-from posttrain.distributed import init_distributed
+from posttrain.distributed import init_distributed, leave_distributed
 from posttrain.hub import push_model, retry_command
 from posttrain.models import ModelLoadError
 from rewards.reward_model import RewardModelError
@@ -67,7 +67,12 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
         summary = train(cfg)
     except (*USER_ERRORS, PushError) as err:
         print(f"error: {err}", file=sys.stderr)
+        leave_distributed(wait=False)
         return 2
+    except BaseException:
+        leave_distributed(wait=False)
+        raise
+    leave_distributed(wait=True)  # the upload below runs on the main process alone
     brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last_log"}
     logging.getLogger(name).info("done: %s", json.dumps(brief, default=str))
     if repo and process.is_main_process:

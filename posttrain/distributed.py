@@ -17,6 +17,10 @@ with accelerate 1.15 and torch 2.13 on a machine without GPUs:
   accelerator devices (AcceleratorState keeps MULTI_CPU, i.e. plain data parallel). For a CPU
   process group with FSDP requested, `adopt_fsdp_on_cpu` makes the state adopt the plugin, so
   the Trainer shards the model as it would on GPUs.
+- Leaving: a rank that exits without `destroy_process_group` can abort at interpreter shutdown
+  (SIGABRT, "terminate called without an active exception": gloo's threads outlive the interpreter,
+  pytorch#190489). Measured with 2 torchrun ranks and one all_gather: 5 of 30 runs aborted without
+  it, 0 of 30 with a barrier + destroy. `leave_distributed` does that at the end of every command.
 """
 from __future__ import annotations
 
@@ -97,3 +101,17 @@ def adopt_fsdp_on_cpu() -> None:
 
     init.synthpost_cpu_fsdp = True
     AcceleratorState.__init__ = init
+
+
+def leave_distributed(wait: bool) -> None:
+    """Destroy the process group before the interpreter exits (see the module docstring).
+
+    `wait` first waits for every rank (a finished run: no rank leaves while another still saves);
+    after an error the other ranks may never arrive, so the group is destroyed without waiting."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -9,6 +9,8 @@
 - DPO with online rounds and 2 processes trains one job: each round's rows cover both ranks' batches.
 - `accelerate launch --num_processes 2 --cpu` starts one process (accelerate needs mpirun for more):
   refused with one line instead of a lone training.
+- Every rank of a training command leaves the process group before it exits (after a finished run
+  and after a user error): a gloo rank that does not can abort at interpreter shutdown.
 - Marked vllm: DPO with online rounds sampled by vLLM under FSDP on CPU.
 """
 from __future__ import annotations
@@ -186,6 +188,43 @@ def test_fsdp_dpo_samples_online_rounds_from_vllm(tmp_path):
     assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()
     for index in (0, 1):
         assert len(train_rows(out, index)) == 4
+
+
+COMMAND_IN_TWO_RANKS = """
+import dataclasses, os, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+from posttrain.cli import run_command
+from datagen.config import ConfigError
+
+@dataclasses.dataclass
+class Config:
+    fail: bool = False
+
+def train(cfg):
+    total = torch.ones(1)
+    dist.all_reduce(total)  # the ranks really are one group
+    if cfg.fail:
+        raise ConfigError("bad input on purpose")
+    return {"ranks": int(total.item())}
+
+code = run_command("probe", "probe", Config, train, sys.argv[1:])
+# one file per rank: the ranks share the launcher's stdout, and their lines interleave there
+Path(__file__).with_name(f"rank-{os.environ['RANK']}.txt").write_text(f"code {code} grouped {dist.is_initialized()}")
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_every_rank_leaves_the_process_group_when_the_command_ends(tmp_path, fail):
+    script = tmp_path / "probe.py"
+    script.write_text(COMMAND_IN_TWO_RANKS)
+    run = launch(with_config("ddp_cpu.yaml"), str(script), ["--fail", str(fail).lower()])
+    assert run.returncode == 0, run.stderr[-3000:]  # the probe exits 0 once it has written its line
+    code = 2 if fail else 0
+    for rank in (0, 1):
+        assert (tmp_path / f"rank-{rank}.txt").read_text() == f"code {code} grouped False"
+    if not fail:
+        assert len(done_lines(run, "probe")) == 1 and '"ranks": 2' in done_lines(run, "probe")[0]
 
 
 class Stop(Exception):
