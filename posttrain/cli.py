@@ -56,6 +56,7 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     for noisy in ("httpx", "httpcore"):  # one line per hub request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    finished = False
     try:
         cfg = load_config(config_cls, config_path, overrides)
         repo = getattr(cfg, "push_to_hub", "")
@@ -65,14 +66,12 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
         if not process.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)  # one progress log per job, not one per rank
         summary = train(cfg)
+        finished = True
     except (*USER_ERRORS, PushError) as err:
         print(f"error: {err}", file=sys.stderr)
-        leave_distributed(wait=False)
         return 2
-    except BaseException:
-        leave_distributed(wait=False)
-        raise
-    leave_distributed(wait=True)  # the upload below runs on the main process alone
+    finally:
+        leave_distributed(wait=finished)  # before the upload below, which runs on the main process alone
     brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last_log"}
     logging.getLogger(name).info("done: %s", json.dumps(brief, default=str))
     if repo and process.is_main_process:

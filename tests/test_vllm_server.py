@@ -18,18 +18,14 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module")
 def llm():
-    previous = os.environ.get("VLLM_LOGGING_LEVEL")
-    os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"  # what importing trl does to a process (trl/_compat.py)
     cfg = registry.ModelConfig(backend="vllm", model="smollm2-135m", max_concurrency=8,
                                kv_cache_gib=1, max_model_len=2048, backoff_seconds=0.5)
-    try:
-        yield registry.get_llm(cfg)
-    finally:
-        registry.shutdown_all()
-        if previous is None:
-            os.environ.pop("VLLM_LOGGING_LEVEL", None)
-        else:
-            os.environ["VLLM_LOGGING_LEVEL"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_LOGGING_LEVEL", "ERROR")  # what importing trl does to a process (trl/_compat.py)
+        try:
+            yield registry.get_llm(cfg)
+        finally:
+            registry.shutdown_all()
 
 
 def test_generates_real_text_with_n_samples(llm):
