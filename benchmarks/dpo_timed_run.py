@@ -29,7 +29,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(args.tree).resolve()))
     logging.basicConfig(level=logging.WARNING)
 
-    import posttrain  # noqa: F401  (registers the aliases of that tree)
+    import posttrain  # noqa: F401  (an older tree registers its aliases on import; a newer one in train())
     from datagen.config import load_config
     from datagen.inference import vllm_server
     from posttrain.dpo_config import DPORunConfig

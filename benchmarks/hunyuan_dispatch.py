@@ -21,9 +21,13 @@ import time
 
 import torch
 
-import posttrain  # noqa: F401
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from posttrain.hunyuan.configuration import HunYuanConfig
 from posttrain.hunyuan.modeling import HunYuanExperts
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 
 def loop_dispatch(experts: HunYuanExperts, hidden: torch.Tensor, top_k_index: torch.Tensor,

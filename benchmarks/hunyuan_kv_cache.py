@@ -16,10 +16,14 @@ import tempfile
 
 import torch
 
-import posttrain  # noqa: F401
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from datagen.inference.models import resolve_model
 from posttrain.hunyuan.configuration import HunYuanConfig
 from posttrain.hunyuan.modeling import HunYuanForCausalLM
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 SHAPE = dict(hidden_size=128, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              head_dim=32, num_experts=4, moe_topk=1, use_mixed_mlp_moe=True, num_shared_expert=1, use_qk_norm=True,

@@ -22,8 +22,12 @@ import time
 
 import torch
 
-import posttrain  # noqa: F401
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from posttrain.tiny_moe import TINY_MOE_SHAPE
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 SHAPE = {**TINY_MOE_SHAPE, "moe_intermediate_size": TINY_MOE_SHAPE["intermediate_size"]}
 

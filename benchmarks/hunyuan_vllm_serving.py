@@ -19,9 +19,13 @@ import urllib.request
 
 from common import reset_prefix_cache
 
-import posttrain  # noqa: F401  (model aliases)
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from datagen.inference.models import resolve_model
 from datagen.inference.vllm_server import VLLMServer
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 ARGS = ["--enforce-eager", "--dtype", "float32", "--no-enable-chunked-prefill", "--max-model-len", "2048"]
 TOPICS = ["the water cycle", "binary search", "the French revolution", "photosynthesis", "TCP handshakes",

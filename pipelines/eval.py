@@ -18,10 +18,10 @@ import logging
 import os
 import sys
 
-import posttrain  # noqa: F401 - registers posttrain's model aliases (smollm2-moe, tiny-hunyuan-moe)
 from datagen.config import ConfigError, format_keys, load_config
 from datagen.inference.base import InferenceError
 from datagen.inference.models import is_hub_id
+from posttrain.model_registry import register_models
 from pipelines.evaluation import EvalConfig, evaluate
 from pipelines.evaluation.report import summary_line
 
@@ -66,6 +66,7 @@ def all_models_local(cfg: EvalConfig) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    register_models()  # posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) for `models:`
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s [eval] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("synthpost.eval").setLevel(logging.INFO)  # our progress lines; others only warn
     try:

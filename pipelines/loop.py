@@ -21,9 +21,9 @@ import os
 import shlex
 import sys
 
-import posttrain  # noqa: F401 - registers posttrain's model aliases (smollm2-moe, tiny-hunyuan-moe)
 from datagen.config import ConfigError, format_keys
 from datagen.inference.models import is_hub_id, known_aliases
+from posttrain.model_registry import register_models
 from pipelines.looping.config import LoopConfig, load_loop_config
 from pipelines.looping.steps import LoopError, run_steps
 
@@ -63,6 +63,7 @@ def child_env(cfg: LoopConfig) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    register_models()  # posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) for `models:`
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="[loop %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)

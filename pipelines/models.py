@@ -13,7 +13,7 @@ r"""`python -m pipelines.models` — build, check, upcycle and serve models.
 environment), prints its base URL when it is ready and runs until Ctrl-C or SIGTERM, then stops
 the API server, engine and workers (no process left). A native Hunyuan model (`model_type:
 hunyuan`) needs our vLLM plugin entry point (`bash scripts/setup.sh` installs it).
-Importing posttrain registers its aliases (tiny-hunyuan-moe, smollm2-moe) next to datagen's
+`main()` registers posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) next to datagen's
 embedded smollm2-135m. A bad model or argument is one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import posttrain  # noqa: F401 - registers posttrain's model aliases (and model_type hunyuan)
 from datagen.inference.base import InferenceError
 from datagen.inference.models import EMBEDDED_ALIAS, alias_dir, is_built, known_aliases, prepare, resolve_model
 from posttrain.cli import USER_ERRORS
+from posttrain.model_registry import register_models
 from posttrain.hunyuan.configuration import HunyuanError
 
 PLUGIN_MODULE = "posttrain.hunyuan.vllm_plugin"
@@ -41,6 +41,7 @@ class Stop(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    register_models()  # posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) for `models:`
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)  # everything after -- goes to vLLM as it is
     args = build_parser().parse_args(argv[:cut])

@@ -42,7 +42,7 @@ from datagen.respond import RespondStage
 from datagen.rules import RulesStage
 from datagen.seeds import SeedsStage
 from datagen.stage import CALLS_NAMESPACE
-import posttrain  # noqa: F401 - registers posttrain's model aliases (tiny-hunyuan-moe) for `models:`
+from posttrain.model_registry import register_models
 from pipelines import dataflow, push
 from pipelines.synth_config import SynthConfig
 
@@ -202,6 +202,7 @@ def run_judge_check(cfg: SynthConfig, options: PipelineOptions) -> dict | None:
 
 
 def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
+    register_models()  # posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) for `models:`
     managed = any(cfg.models[name].backend == "vllm" for _, name in cfg.model_references())
     options = PipelineOptions(dataflow.with_worker_options(beam_args, managed), save_main_session=False)
     started = time.monotonic()

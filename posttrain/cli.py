@@ -22,6 +22,7 @@ from datagen.inference.base import InferenceError
 from posttrain.data import DataError
 from posttrain.distributed import init_distributed, leave_distributed
 from posttrain.hub import push_model, retry_command
+from posttrain.model_registry import register_models
 from posttrain.models import ModelLoadError
 from rewards.reward_model import RewardModelError
 
@@ -54,6 +55,7 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
         print(f"{doc.strip()}\n\nConfig keys (YAML or --key value):\n{format_keys(config_cls)}\n{extra_help}")
         return 0
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    register_models()  # the aliases (tiny-hunyuan-moe, smollm2-moe) a config may name
     for noisy in ("httpx", "httpcore"):  # one line per hub request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     finished = False

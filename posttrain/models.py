@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from datagen.config import option
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 
 
 class ModelLoadError(ValueError):
@@ -33,6 +35,7 @@ def resolve_name(name: str) -> str:
     from datagen.inference.base import InferenceError
     from datagen.inference.models import resolve_model
 
+    register_models()  # the aliases tiny-hunyuan-moe and smollm2-moe
     if not name:
         raise ModelLoadError("no model given: set model.name (an alias, an HF directory or a hub id)")
     try:
@@ -45,6 +48,7 @@ def load_tokenizer(spec: ModelSpec):
     """The tokenizer named by `spec.tokenizer` (default: the model's), with a pad token."""
     from transformers import AutoTokenizer
 
+    register_hunyuan()
     name = spec.tokenizer or spec.name
     path = resolve_name(name)
     try:
@@ -59,6 +63,7 @@ def load_tokenizer(spec: ModelSpec):
 def load_model_config(spec: ModelSpec):
     from transformers import AutoConfig
 
+    register_hunyuan()
     path = resolve_name(spec.name)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)

@@ -26,7 +26,7 @@ def load_reward_model(name: str, dtype: str = "float32", head_seed: int = 0):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from datagen.inference.base import InferenceError
-    from datagen.inference.models import resolve_model
+    from datagen.inference.models import resolve_model, setup_model_types
 
     if not name:
         raise RewardModelError("no reward model given (reward.model / model)")
@@ -35,6 +35,7 @@ def load_reward_model(name: str, dtype: str = "float32", head_seed: int = 0):
     except InferenceError as err:
         raise RewardModelError(str(err)) from None
     torch.manual_seed(head_seed)  # a checkpoint without a score head gets a random one: make it reproducible
+    setup_model_types()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=getattr(torch, dtype))

@@ -39,8 +39,9 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     from datagen.inference.models import resolve_model
-    from posttrain import TINY_MOE_ALIAS  # importing posttrain registers the alias
+    from posttrain.model_registry import TINY_MOE_ALIAS, register_models
 
+    register_models()
     return AutoTokenizer.from_pretrained(resolve_model(TINY_MOE_ALIAS))
 
 

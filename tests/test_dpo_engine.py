@@ -17,12 +17,16 @@ import urllib.request
 import pytest
 import torch
 
-import posttrain  # noqa: F401  (registers the tiny-hunyuan-moe alias)
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from datagen.inference.models import resolve_model
 from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
 from posttrain.online.engine import EngineError, PolicyEngine
 from posttrain.online.weights import PolicyWeights
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("one_torch_thread", "no_vllm_left_behind")]
 

@@ -16,11 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import posttrain  # noqa: F401  (aliases, model_type hunyuan)
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from conftest import our_vllm_processes
 from datagen.inference.models import resolve_model
 from pipelines import models as models_cli
 from posttrain.sft import main as sft_main
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,

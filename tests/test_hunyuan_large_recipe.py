@@ -9,11 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import posttrain  # noqa: F401
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from datagen.config import load_config
 from posttrain.hunyuan.configuration import HunYuanConfig
 from posttrain.moe import MoEConfig, derive_expert_lr_ratio
 from posttrain.sft_config import SFTRunConfig
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "posttrain" / "sft_hunyuan_large.yaml"
 # Hunyuan-A52B's config.json keys (Tencent's release), as our native module reads them

@@ -7,11 +7,15 @@ import json
 import pytest
 import torch
 
-import posttrain  # noqa: F401  (registers model_type "hunyuan" with the Auto classes)
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from posttrain.hunyuan.configuration import HunYuanConfig, HunyuanConfigError
 from posttrain.hunyuan.loading import CheckpointError
 from posttrain.hunyuan.modeling import HunYuanForCausalLM
 from posttrain.hunyuan.routing import expert_capacity, route
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
             num_key_value_heads=1, head_dim=32, num_experts=4, moe_topk=1, use_mixed_mlp_moe=True,

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import posttrain  # noqa: F401  (registers model_type "hunyuan")
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from datagen.config import ConfigError
 from posttrain import dpo_state, dpo_trainer
 from posttrain.dpo_config import DPORunConfig
@@ -25,6 +26,9 @@ from posttrain.param_groups import batch_tokens_per_step
 from posttrain.sft_config import SFTRunConfig
 from posttrain.sft_data import DataConfig
 from posttrain.sft_trainer import build_trainer, train
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

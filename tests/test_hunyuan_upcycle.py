@@ -6,8 +6,12 @@ import json
 import pytest
 import torch
 
-import posttrain  # noqa: F401  (registers model_type "hunyuan")
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from posttrain.hunyuan.upcycle import UpcycleError, upcycle_config, upcycle_directory, upcycle_model
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 
 PROMPTS = {  # English, code, Chinese

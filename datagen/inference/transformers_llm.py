@@ -11,7 +11,7 @@ import threading
 from typing import Sequence
 
 from datagen.inference.base import Completion, InferenceError, Request
-from datagen.inference.models import weights_fingerprint
+from datagen.inference.models import setup_model_types, weights_fingerprint
 
 
 class TransformersLLM:
@@ -20,6 +20,7 @@ class TransformersLLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        setup_model_types()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForCausalLM.from_pretrained(

@@ -6,8 +6,9 @@
 - `loading`: `CheckpointError` -- a checkpoint loads completely or not at all.
 
 `register()` makes `AutoConfig` / `AutoModel` / `AutoModelForCausalLM` /
-`AutoModelForSequenceClassification` know `model_type: "hunyuan"`; `import posttrain` calls it,
-so a Hunyuan-Large checkpoint directory loads with `AutoModelForCausalLM.from_pretrained(dir)`
+`AutoModelForSequenceClassification` know `model_type: "hunyuan"`. The code that loads or serves a
+model calls it (posttrain/models.py, the vLLM plugin, and through `register_models()` datagen's and
+rewards' transformers loads), so a Hunyuan-Large checkpoint directory loads with `AutoModelForCausalLM.from_pretrained(dir)`
 and no `trust_remote_code`.
 """
 from __future__ import annotations
