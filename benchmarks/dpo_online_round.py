@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dpo_online_round.py [--config configs/posttrain/dpo_tiny.yaml] \
         [--rounds 2] [--out out/bench/dpo_online_round.json] [--key value ...]
 
-Runs `posttrain.dpo_trainer.train` itself (not a copy of it) for `--rounds` rounds of
+Runs `posttrain.trainers.dpo_trainer.train` itself (not a copy of it) for `--rounds` rounds of
 `online.steps_per_round` steps, and records through its `on_round` hook where each round's time
 went: RM refresh, generation, scoring, selection, KL estimate, trainer build, update (optimizer
 steps and the round's checkpoint), and the rest of the round as overhead. Round 0 includes the
@@ -20,9 +20,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from datagen.config import load_config
-from posttrain.dpo_config import DPORunConfig
-from posttrain.dpo_trainer import train
+from datagen.config_loader import load_config
+from posttrain.trainers.dpo_config import DPORunConfig
+from posttrain.trainers.dpo_trainer import train
 from posttrain.ema import EMAConfig
 
 

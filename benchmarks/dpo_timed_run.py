@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dpo_timed_run.py --tree DIR --out FILE.json --config CFG [--key value ...]
 
 Imports posttrain/datagen from `--tree` (this checkout, or an older commit unpacked with
-`git archive`), counts vLLM server launches and times their waits for readiness, runs `posttrain.dpo_trainer.train` in a temporary
+`git archive`), counts vLLM server launches and times their waits for readiness, runs `posttrain.trainers.dpo_trainer.train` in a temporary
 output directory and records the whole run's wall time and each round's split (`on_round`).
 Works with any tree whose `train()` takes `on_round` (commit 9b809ea and later).
 """
@@ -30,10 +30,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     import posttrain  # noqa: F401  (an older tree registers its aliases on import; a newer one in train())
-    from datagen.config import load_config
+    from datagen.config_loader import load_config
     from datagen.inference import vllm_server
-    from posttrain.dpo_config import DPORunConfig
-    from posttrain.dpo_trainer import train
+    from posttrain.trainers.dpo_config import DPORunConfig
+    from posttrain.trainers.dpo_trainer import train
     from posttrain.ema import EMAConfig
 
     launches, waits = [], []

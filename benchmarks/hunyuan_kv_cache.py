@@ -18,7 +18,7 @@ import torch
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from posttrain.hunyuan.configuration import HunYuanConfig
 from posttrain.hunyuan.modeling import HunYuanForCausalLM
 

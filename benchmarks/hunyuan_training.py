@@ -1,6 +1,6 @@
 """Training tokens/s: our native Hunyuan module vs transformers' `hunyuan_v1_moe`, same tiny size.
 
-Both models get tiny-hunyuan-moe's shape (posttrain/tiny_moe.py: hidden 64, 2 layers, 2 heads,
+Both models get tiny-hunyuan-moe's shape (posttrain/moe/tiny_moe.py: hidden 64, 2 layers, 2 heads,
 1 KV head, head_dim 32, one shared + 4 routed experts of width 128, top-1, SmolLM2's 49,152-token
 vocabulary) and the same semantics where the two designs meet: QK-norm on, no CLA, dropless
 routing (the native module's capacity/recycle off), the router's aux loss in the loss. Each step
@@ -24,7 +24,7 @@ import torch
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from posttrain.tiny_moe import TINY_MOE_SHAPE
+from posttrain.moe.tiny_moe import TINY_MOE_SHAPE
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
 register_hunyuan()  # model_type "hunyuan" with the Auto classes
@@ -45,7 +45,7 @@ def build(impl: str, vocab: int):
     else:
         from transformers import HunYuanMoEV1Config, HunYuanMoEV1ForCausalLM
 
-        from posttrain.moe import enable_router_aux_loss
+        from posttrain.moe.recipe import enable_router_aux_loss
 
         model = HunYuanMoEV1ForCausalLM(HunYuanMoEV1Config(**TINY_MOE_SHAPE, **common))
         enable_router_aux_loss(model, 0.01)  # hunyuan_v1_moe computes none itself: our trainers' hook adds it

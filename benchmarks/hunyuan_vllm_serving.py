@@ -21,7 +21,7 @@ from common import reset_prefix_cache
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from datagen.inference.vllm_server import VLLMServer
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe

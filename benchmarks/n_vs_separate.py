@@ -20,7 +20,7 @@ import openai
 
 from benchmarks.common import reset_prefix_cache
 from datagen.inference.managed import server_args
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
 

@@ -23,7 +23,7 @@ import openai
 
 from benchmarks.common import reset_prefix_cache
 from datagen import SHIPPED_SEEDS, progress
-from datagen.generate import GenerateConfig, GenerateFn, GenerateStage
+from datagen.stages.generate import GenerateConfig, GenerateFn, GenerateStage
 from datagen.inference import registry
 from datagen.record import Record
 

@@ -4,7 +4,7 @@
 
 Builds a chat dataset with a skewed length distribution (most answers short, a few long, as in
 real SFT data), then trains the tiny hunyuan_v1_moe for one epoch over it twice with the same
-trainer (posttrain/sft_trainer.py): once packed, once padded to the longest sample of each batch. Both
+trainer (posttrain/trainers/sft_trainer.py): once packed, once padded to the longest sample of each batch. Both
 runs see exactly the same real tokens, so real tokens per second is comparable; the script prints
 both rates, the share of computed positions that were padding, and the ratio packed / padded.
 """
@@ -42,11 +42,11 @@ def build_dataset(path: Path, samples: int, seed: int) -> str:
 
 
 def run(mode_packed: bool, dataset: str, out: Path, tokenizer, batch_size: int, max_length: int) -> dict:
-    from posttrain.moe import MoEConfig
-    from posttrain.sft_config import SFTRunConfig
-    from posttrain.sft_data import DataConfig
-    from posttrain.sft_trainer import build_trainer
-    from posttrain.tiny_moe import build_tiny_moe_model
+    from posttrain.moe.recipe import MoEConfig
+    from posttrain.trainers.sft_config import SFTRunConfig
+    from posttrain.trainers.sft_data import DataConfig
+    from posttrain.trainers.sft_trainer import build_trainer
+    from posttrain.moe.tiny_moe import build_tiny_moe_model
 
     cfg = SFTRunConfig(output_dir=str(out), dataset=dataset, num_train_epochs=1, max_steps=-1,
                        learning_rate=1e-4, min_learning_rate=1e-5, per_device_train_batch_size=batch_size,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from datagen.inference.models import resolve_model
+    from datagen.inference.model_names import resolve_model
 
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()

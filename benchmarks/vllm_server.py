@@ -17,7 +17,7 @@ import time
 import openai
 
 from datagen.inference.managed import server_args, server_env
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from datagen.config import option
+from datagen.config_loader import option
 from datagen.inference.base import LLM, Completion, Request, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def request_from_dict(data: dict[str, Any]) -> Request:
 
 
 def default_cache_dir() -> str:
-    from datagen.inference.models import cache_dir
+    from datagen.inference.model_names import cache_dir
 
     return str(cache_dir() / "calls")
 

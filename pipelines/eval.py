@@ -18,9 +18,9 @@ import logging
 import os
 import sys
 
-from datagen.config import ConfigError, format_keys, load_config
+from datagen.config_loader import ConfigError, format_keys, load_config
 from datagen.inference.base import InferenceError
-from datagen.inference.models import is_hub_id
+from datagen.inference.model_names import is_hub_id
 from posttrain.model_registry import register_models
 from pipelines.evaluation import EvalConfig, evaluate
 from pipelines.evaluation.report import summary_line

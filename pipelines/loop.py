@@ -21,10 +21,10 @@ import os
 import shlex
 import sys
 
-from datagen.config import ConfigError, format_keys
-from datagen.inference.models import is_hub_id, known_aliases
+from datagen.config_loader import ConfigError, format_keys
+from datagen.inference.model_names import is_hub_id, known_aliases
 from posttrain.model_registry import register_models
-from pipelines.looping.config import LoopConfig, load_loop_config
+from pipelines.looping.loop_config import LoopConfig, load_loop_config
 from pipelines.looping.steps import LoopError, run_steps
 
 log = logging.getLogger("synthpost.loop")

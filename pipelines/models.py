@@ -28,7 +28,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from datagen.inference.base import InferenceError
-from datagen.inference.models import EMBEDDED_ALIAS, alias_dir, is_built, known_aliases, prepare, resolve_model
+from datagen.inference.model_names import EMBEDDED_ALIAS, alias_dir, is_built, known_aliases, prepare, resolve_model
 from posttrain.cli import USER_ERRORS
 from posttrain.model_registry import register_models
 from posttrain.hunyuan.configuration import HunyuanError
@@ -115,7 +115,7 @@ def run_upcycle(args) -> int:
 
 def check_model(name: str, path: str) -> str:
     """One line on what `path` holds; a HunyuanError / ModelLoadError naming what is wrong."""
-    from posttrain.models import ModelSpec, load_model_config
+    from posttrain.model_loading import ModelSpec, load_model_config
 
     if model_type(path) == "hunyuan":
         from posttrain.hunyuan.checkpoint_check import check_checkpoint

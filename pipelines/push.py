@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from datagen.hub import PushError, push_to_hub
+from datagen.output.hub import PushError, push_to_hub
 from posttrain.hub import push_model
 
 

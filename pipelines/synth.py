@@ -23,24 +23,26 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from datagen import calibration, progress
+from datagen import progress
+
+from datagen.filters import calibration
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
-from datagen.config import ConfigError, format_keys, load_config, parse_overrides, to_dict
-from datagen.consistency import ConsistencyStage
-from datagen.critique import CritiqueStage, enforce_min_auc, judge_check
-from datagen.decontam import DecontamStage
-from datagen.dedup import DedupStage
-from datagen.evolve import EvolveStage, stage_names as evolve_stage_names
-from datagen.finalize import collect_stage_stats, finalize
-from datagen.generate import GenerateStage
+from datagen.config_loader import ConfigError, format_keys, load_config, parse_overrides, to_dict
+from datagen.stages.consistency import ConsistencyStage
+from datagen.stages.critique import CritiqueStage, enforce_min_auc, judge_check
+from datagen.stages.decontam import DecontamStage
+from datagen.stages.dedup import DedupStage
+from datagen.stages.evolve import EvolveStage, stage_names as evolve_stage_names
+from datagen.output.finalize import collect_stage_stats, finalize
+from datagen.stages.generate import GenerateStage
 from datagen.inference import registry
 from datagen.inference.base import InferenceError
-from datagen.inference.models import resolve_model
-from datagen.hub import PushError, require_token
-from datagen.output import WriteRecords
-from datagen.respond import RespondStage
-from datagen.rules import RulesStage
-from datagen.seeds import SeedsStage
+from datagen.inference.model_names import resolve_model
+from datagen.output.hub import PushError, require_token
+from datagen.output.writer import WriteRecords
+from datagen.stages.respond import RespondStage
+from datagen.stages.rules import RulesStage
+from datagen.stages.seeds import SeedsStage
 from datagen.stage import CALLS_NAMESPACE
 from posttrain.model_registry import register_models
 from pipelines import dataflow, push

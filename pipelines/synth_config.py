@@ -9,18 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from datagen.cache import CacheConfig
-from datagen.consistency import ConsistencyConfig
-from datagen.critique import CritiqueConfig
-from datagen.decontam import DecontamConfig
-from datagen.dedup import DedupConfig
-from datagen.evolve import EvolveConfig
-from datagen.generate import GenerateConfig
+from datagen.stages.consistency import ConsistencyConfig
+from datagen.stages.critique import CritiqueConfig
+from datagen.stages.decontam import DecontamConfig
+from datagen.stages.dedup import DedupConfig
+from datagen.stages.evolve import EvolveConfig
+from datagen.stages.generate import GenerateConfig
 from datagen.inference.registry import ModelConfig
-from datagen.output import OutputConfig
-from datagen.respond import RespondConfig
-from datagen.rules import RulesConfig
-from datagen.seeds import SeedsConfig
-from datagen.config import ConfigError, option
+from datagen.output.writer import OutputConfig
+from datagen.stages.respond import RespondConfig
+from datagen.stages.rules import RulesConfig
+from datagen.stages.seeds import SeedsConfig
+from datagen.config_loader import ConfigError, option
 
 
 @dataclass

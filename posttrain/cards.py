@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from datagen.inference.models import is_hub_id
+from datagen.inference.model_names import is_hub_id
 
 
 def save_with_card(trainer, output_dir: str | Path, report, **card: Any) -> Path | None:

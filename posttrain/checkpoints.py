@@ -28,7 +28,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from datagen.config import ConfigError
+from datagen.config_loader import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import logging
 import sys
 from typing import Any, Callable
 
-from datagen.config import ConfigError, format_keys, load_config
-from datagen.hub import PushError, require_token
+from datagen.config_loader import ConfigError, format_keys, load_config
+from datagen.output.hub import PushError, require_token
 from datagen.inference.base import InferenceError
 from posttrain.data import DataError
 from posttrain.distributed import init_distributed, leave_distributed
 from posttrain.hub import push_model, retry_command
 from posttrain.model_registry import register_models
-from posttrain.models import ModelLoadError
+from posttrain.model_loading import ModelLoadError
 from rewards.reward_model import RewardModelError
 
 # What a user can cause and fix: one line, exit 2. Anything else is a bug and keeps its traceback.

@@ -9,7 +9,7 @@
 A dataset that declares no configs is read as its default config whatever the view.
 
 Every row a trainer cannot use is counted by reason in a `DataReport`, which the trainer prints
-and writes next to the model — nothing is dropped silently. SFT's chat rows: posttrain/sft_data.py;
+and writes next to the model — nothing is dropped silently. SFT's chat rows: posttrain/trainers/sft_data.py;
 preference pairs: posttrain/pairs.py.
 """
 from __future__ import annotations

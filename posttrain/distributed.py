@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 
-from datagen.config import ConfigError
+from datagen.config_loader import ConfigError
 
 log = logging.getLogger("posttrain")
 

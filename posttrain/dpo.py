@@ -14,12 +14,12 @@ from __future__ import annotations
 import sys
 
 from posttrain.cli import run_command
-from posttrain.dpo_config import DPORunConfig
+from posttrain.trainers.dpo_config import DPORunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     def run(cfg: DPORunConfig) -> dict:
-        from posttrain.dpo_trainer import train
+        from posttrain.trainers.dpo_trainer import train
 
         return train(cfg)
 

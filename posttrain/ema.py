@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
-from datagen.config import option
+from datagen.config_loader import option
 from posttrain.checkpoints import atomic_torch_save
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import glob
 import logging
 from pathlib import Path
 
-from datagen.config import ConfigError
-from datagen.hub import PushError, require_token, upload_folder
+from datagen.config_loader import ConfigError
+from datagen.output.hub import PushError, require_token, upload_folder
 
 log = logging.getLogger("posttrain")
 

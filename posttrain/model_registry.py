@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datagen.inference.models import EMBEDDED_ALIAS, prepare, register_alias, register_model_type
+from datagen.inference.model_names import EMBEDDED_ALIAS, prepare, register_alias, register_model_type
 
 TINY_MOE_ALIAS = "tiny-hunyuan-moe"
 SMOLLM2_MOE_ALIAS = "smollm2-moe"
 
 
 def _build_tiny_moe(dest: Path) -> None:
-    from posttrain.tiny_moe import build_tiny_moe
+    from posttrain.moe.tiny_moe import build_tiny_moe
 
     build_tiny_moe(dest, tokenizer_dir=prepare(EMBEDDED_ALIAS))
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 
 from posttrain.cli import run_command
-from posttrain.rm_config import RMRunConfig
+from posttrain.trainers.rm_config import RMRunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     def run(cfg: RMRunConfig) -> dict:
-        from posttrain.rm_trainer import train
+        from posttrain.trainers.rm_trainer import train
 
         return train(cfg)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import sys
 
 from posttrain.cli import run_command
-from posttrain.sft_config import SFTRunConfig
+from posttrain.trainers.sft_config import SFTRunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     def run(cfg: SFTRunConfig) -> dict:
-        from posttrain.sft_trainer import train
+        from posttrain.trainers.sft_trainer import train
 
         return train(cfg)[1]
 

@@ -6,7 +6,7 @@ An instruct model usually answers with a whole function in a fenced block; a com
 continues the body. Both are handled: the program is the problem's prompt (its imports and helper
 functions) followed by the model's function when it defines the entry point, else by the raw
 continuation. The tests then call `check(entry_point)`; the answer passes when they exit cleanly
-within the time limit. Runs go through `datagen.sandbox.run_sandboxed` (own process, rlimits,
+within the time limit. Runs go through `datagen.filters.sandbox.run_sandboxed` (own process, rlimits,
 no network, audit hook), a few at a time.
 
 `HumanEvalScorer` is the reward-scorer form (`score(prompts, responses, references)`, where each
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from datagen.sandbox import run_sandboxed
+from datagen.filters.sandbox import run_sandboxed
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 

@@ -1,6 +1,6 @@
 """The datagen critique judge as a reward: the mean of its 1–4 aspect scores.
 
-Prompt, sampling and parser are datagen/critique.py's own, so the data filter and the DPO reward
+Prompt, sampling and parser are datagen/stages/critique.py's own, so the data filter and the DPO reward
 judge alike. The prompt's last user turn is the question; an unreadable or failed reply is NaN.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from datagen.config import option
-from datagen.critique import CritiqueConfig, critique_requests, read_critique
+from datagen.config_loader import option
+from datagen.stages.critique import CritiqueConfig, critique_requests, read_critique
 from datagen.inference.registry import ModelConfig
 from rewards.base import check_lengths, last_user_turn
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from datagen.config import option
+from datagen.config_loader import option
 from datagen.inference.base import Completion, Request, SamplingParams
 
 Verdict = Literal["A", "B", "tie"]
@@ -150,16 +150,3 @@ def collect(completions: Sequence[Completion]) -> list[PairJudgement]:
             ab.text if ab.ok else f"(judge call failed: {ab.error})",
             ba.text if ba.ok else f"(judge call failed: {ba.error})"))
     return judgements
-
-
-class PairwiseJudge:
-    """Judges (instruction, answer of M, answer of B) triples in both orders with one model."""
-
-    def __init__(self, llm, cfg: PairwiseConfig | None = None) -> None:
-        self.llm = llm
-        self.cfg = cfg or PairwiseConfig()
-        self.name = f"pairwise:{llm.identity}"
-
-    def judge(self, instructions: Sequence[str], answers_m: Sequence[str],
-              answers_b: Sequence[str]) -> list[PairJudgement]:
-        return collect(self.llm.generate(both_orders(self.cfg, instructions, answers_m, answers_b)))

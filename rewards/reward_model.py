@@ -1,7 +1,7 @@
 """Reward models: one loader, and the scorer that runs them.
 
 `load_reward_model(name)` is the only place a sequence-classification reward model is loaded —
-for scoring here, and for training in posttrain/rm_trainer.py. A causal-LM checkpoint gets a
+for scoring here, and for training in posttrain/trainers/rm_trainer.py. A causal-LM checkpoint gets a
 fresh one-output score head, seeded so that runs repeat.
 
 `ClassifierScorer` reads the conversation exactly as TRL's RewardTrainer tokenized it in training
@@ -26,7 +26,7 @@ def load_reward_model(name: str, dtype: str = "float32", head_seed: int = 0):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from datagen.inference.base import InferenceError
-    from datagen.inference.models import resolve_model, setup_model_types
+    from datagen.inference.model_names import resolve_model, setup_model_types
 
     if not name:
         raise RewardModelError("no reward model given (reward.model / model)")

@@ -8,7 +8,7 @@ prompt share its reference, so each pair is ranked by one scorer; only the runni
 (rewards/normalize.py) pools both scales.
 
 It exposes the reward model's `model`, `tokenizer` and `rewards()` so that refreshing the reward
-model between rounds (posttrain/rm_refresh.py) trains the classifier part.
+model between rounds (posttrain/online/rm_refresh.py) trains the classifier part.
 """
 from __future__ import annotations
 

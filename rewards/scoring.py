@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from datagen.config import option
+from datagen.config_loader import option
 from rewards.base import RewardScorer
 from rewards.judge import JudgeConfig
 

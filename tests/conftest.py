@@ -38,7 +38,7 @@ def tokenizer():
     """The tiny MoE's tokenizer (SmolLM2's vocabulary and chat template)."""
     from transformers import AutoTokenizer
 
-    from datagen.inference.models import resolve_model
+    from datagen.inference.model_names import resolve_model
     from posttrain.model_registry import TINY_MOE_ALIAS, register_models
 
     register_models()

@@ -19,7 +19,7 @@ from datagen.cache import CachedLLM
 from datagen.inference import registry
 from datagen.inference.managed import managed_identity
 from datagen.inference.vllm_server import VLLMServer
-from datagen.output import read_records
+from readback import read_records
 from fakes import FakeLLM
 from pipelines import synth
 from test_synth_pipeline import respond_as_each_stage, write_seeds

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from datagen import eval_sets
+from datagen.readers import eval_sets
 from rewards.code_verifier import HumanEvalScorer, build_program, check_problem, check_problems, extract_code
 
 

@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from datagen.config import ConfigError, load_config, parse_overrides
+from datagen.config_loader import ConfigError, load_config, parse_overrides
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 
 import datagen
 import pipelines
-from datagen.config import describe_keys, help_of
+from datagen.config_loader import describe_keys, help_of
 
 
 def config_classes() -> dict[str, type]:
@@ -38,7 +38,7 @@ CONFIGS = config_classes()
 
 
 def test_the_scan_finds_the_synth_sections():
-    assert {"pipelines.synth_config.SynthConfig", "datagen.generate.GenerateConfig",
+    assert {"pipelines.synth_config.SynthConfig", "datagen.stages.generate.GenerateConfig",
             "datagen.inference.registry.ModelConfig", "datagen.cache.CacheConfig"} <= set(CONFIGS)
 
 

@@ -9,10 +9,10 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagen.answers import extract_boxed, extract_math_answer, extract_short_answer, math_equivalent, normalize_short
-from datagen.consistency import Answer, ConsistencyConfig, ConsistencyStage, group_answers
-from datagen.python_code import extract_code
-from datagen.sandbox import RunResult, run_sandboxed
+from datagen.filters.answers import extract_boxed, extract_math_answer, extract_short_answer, math_equivalent, normalize_short
+from datagen.stages.consistency import Answer, ConsistencyConfig, ConsistencyStage, group_answers
+from datagen.filters.python_code import extract_code
+from datagen.filters.sandbox import RunResult, run_sandboxed
 from datagen.record import Consistency, LineageStep, Record, Response
 from stage_harness import run_transform
 

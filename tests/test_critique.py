@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen.critique import (CHAT_TEMPLATE_ID, FEWSHOT_TEMPLATE_ID, TEMPLATE_VERSION, CritiqueConfig,
+from datagen.stages.critique import (CHAT_TEMPLATE_ID, FEWSHOT_TEMPLATE_ID, TEMPLATE_VERSION, CritiqueConfig,
                               CritiqueStage, critique_request, critique_requests, read_critique)
-from datagen.critique_parse import ParsedCritique, mean_score, parse_critique, to_tier
+from datagen.filters.critique_parse import ParsedCritique, mean_score, parse_critique, to_tier
 from datagen.inference.base import Completion, Request, SamplingParams
 from datagen.record import CRITIQUE_ASPECTS, Critique, LineageStep, Record, Response
 from fakes import FakeLLM, install_fake

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen.config import load_config
+from datagen.config_loader import load_config
 from pipelines import dataflow, synth
 from pipelines.synth_config import SynthConfig
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen.decontam import DecontamConfig, DecontamStage, NgramIndex, load_benchmark
+from datagen.stages.decontam import DecontamConfig, DecontamStage, NgramIndex, load_benchmark
 from datagen.record import Record, Response
 from stage_harness import run_transform
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
-from datagen import SHIPPED_SEEDS, eval_sets
-from datagen.calibration import load_pairs
-from datagen.decontam import DecontamConfig, DecontamStage, Indexes
-from datagen.overlap import OverlapIndex, ParaphraseIndex, content_words, task_statement
+from datagen import SHIPPED_SEEDS
+
+from datagen.readers import eval_sets
+from datagen.filters.calibration import load_pairs
+from datagen.stages.decontam import DecontamConfig, DecontamStage, Indexes
+from datagen.filters.overlap import OverlapIndex, ParaphraseIndex, content_words, task_statement
 from datagen.record import Record
 from stage_harness import run_transform
 

@@ -6,7 +6,7 @@ import json
 import apache_beam as beam
 import pytest
 
-from datagen.dedup import (BandKeys, DedupConfig, DedupStage, estimated_jaccard, lsh_bands, rank_key,
+from datagen.stages.dedup import (BandKeys, DedupConfig, DedupStage, estimated_jaccard, lsh_bands, rank_key,
                            shingles)
 from datagen.record import Record
 from stage_harness import run_transform

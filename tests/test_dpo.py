@@ -12,12 +12,13 @@ from transformers import TrainerCallback
 
 from datagen.inference.base import Completion
 from fakes import FakeLLM
-from datagen.config import ConfigError
-from posttrain import dpo_state, dpo_trainer
-from posttrain.dpo_config import DPORunConfig
+from datagen.config_loader import ConfigError
+from posttrain.online import round_state
+from posttrain.trainers import dpo_trainer
+from posttrain.trainers.dpo_config import DPORunConfig
 from posttrain.ema import EMAConfig
-from posttrain.moe import MoEConfig, prepare_moe_model
-from posttrain.online.config import OnlineConfig
+from posttrain.moe.recipe import MoEConfig, prepare_moe_model
+from posttrain.online.online_config import OnlineConfig
 from posttrain.online.mixing import Cursor, mix_pairs
 from posttrain.online.rounds import OnlineRounds
 from posttrain.online.sampling import sample_with_llm
@@ -30,7 +31,7 @@ Q = [{"role": "user", "content": "What is 2 + 3?"}]
 
 
 def tiny_policy(tokenizer, coef=0.01):
-    from posttrain.tiny_moe import build_tiny_moe_model
+    from posttrain.moe.tiny_moe import build_tiny_moe_model
 
     model = build_tiny_moe_model(tokenizer, seed=0, num_hidden_layers=1)
     prepare_moe_model(model, MoEConfig(router_aux_loss_coef=coef))
@@ -169,7 +170,7 @@ def test_router_aux_loss_is_in_the_dpo_loss(tokenizer, tmp_path):
     policy = tiny_policy(tokenizer, coef=0.5)
     cfg = run_config(tmp_path, moe=MoEConfig(router_aux_loss_coef=0.5))
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in offline_pairs(2)]
-    trainer = dpo_trainer.MoEDPOTrainer(model=policy, ref_model=dpo_state.make_reference(policy),
+    trainer = dpo_trainer.MoEDPOTrainer(model=policy, ref_model=round_state.make_reference(policy),
                                        args=dpo_trainer.build_dpo_args(cfg, moe_model=True),
                                        train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                        moe_config=cfg.moe)
@@ -282,7 +283,7 @@ def test_exported_model_is_the_policy_ema(killed_run):
 
 
 def test_reference_model_follows_tr_dpo_sync(killed_run):
-    state = torch.load(killed_run.out / "checkpoint-2" / dpo_state.ROUND_STATE_FILE, weights_only=True)
+    state = torch.load(killed_run.out / "checkpoint-2" / round_state.ROUND_STATE_FILE, weights_only=True)
     name = "model.layers.0.self_attn.q_proj.weight"
     # ref ← α·policy + (1 − α)·ref after every step, α = 0.5, ref₀ = θ0
     expected = 0.5 * killed_run.theta2[name] + 0.25 * killed_run.theta1[name] + 0.25 * killed_run.initial[name]
@@ -298,7 +299,7 @@ def test_a_killed_run_resumes_from_its_last_round(killed_run, tokenizer):
         torch.testing.assert_close(tensor, killed_run.at_kill[name], msg=name)
     optimizer = torch.load(killed_run.out / "checkpoint-2" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in optimizer["state"].values()} == {2}  # Adam state carried over
-    state = torch.load(killed_run.out / "checkpoint-2" / dpo_state.ROUND_STATE_FILE, weights_only=True)
+    state = torch.load(killed_run.out / "checkpoint-2" / round_state.ROUND_STATE_FILE, weights_only=True)
     assert state["online"]["normalizer"]["steps"] == 2  # reward statistics carried over
     changed = DPORunConfig(**{**killed_run.cfg.__dict__, "max_steps": 3,
                                   "online": OnlineConfig(steps_per_round=2)})
@@ -369,7 +370,7 @@ def test_inconsistent_configs_are_clear_errors(tmp_path, overrides, message):
 
 @pytest.mark.parametrize("path", ["configs/posttrain/dpo_tiny.yaml", "configs/posttrain/dpo_hunyuan.yaml"])
 def test_shipped_recipes_parse(path):
-    from datagen.config import load_config
+    from datagen.config_loader import load_config
 
     cfg = load_config(DPORunConfig, path, ["--max_steps", "3", "--output_dir", "/tmp/x"])
     assert (cfg.max_steps, cfg.output_dir, cfg.loss_type) == (3, "/tmp/x", ["sigmoid", "sft"])

@@ -19,7 +19,7 @@ import torch
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
 from posttrain.online.engine import EngineError, PolicyEngine
@@ -136,12 +136,12 @@ def test_engine_serves_each_synced_policy_and_recovers_once(caplog):
 
 
 def test_a_dpo_run_with_four_vllm_rounds_starts_one_server(tmp_path, monkeypatch):
-    from posttrain.dpo_config import DPORunConfig
-    from posttrain.dpo_trainer import train
+    from posttrain.trainers.dpo_config import DPORunConfig
+    from posttrain.trainers.dpo_trainer import train
     from posttrain.ema import EMAConfig
-    from posttrain.models import ModelSpec
-    from posttrain.moe import MoEConfig
-    from posttrain.online.config import OnlineConfig
+    from posttrain.model_loading import ModelSpec
+    from posttrain.moe.recipe import MoEConfig
+    from posttrain.online.online_config import OnlineConfig
     from test_dpo import LengthScorer, offline_pairs
 
     launches = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datagen import eval_sets
+from datagen.readers import eval_sets
 from datagen.inference.base import Request
 from fakes import FakeLLM, install_fake
 from pipelines import eval as eval_cli
@@ -48,7 +48,7 @@ def test_a_model_that_cannot_be_loaded_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_the_shipped_config_loads_and_names_its_roles():
-    from datagen.config import load_config
+    from datagen.config_loader import load_config
 
     path = Path(__file__).resolve().parents[1] / "configs/eval/cpu.yaml"
     cfg = load_config(EvalConfig, path, ["--models.policy.backend", "transformers"])

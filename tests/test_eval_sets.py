@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import eval_sets
+from datagen.readers import eval_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 8

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen.evolve import (TEMPLATE_VERSION, EvolveConfig, EvolveStage, build_prompt, check_evolution, check_step,
+from datagen.stages.evolve import (TEMPLATE_VERSION, EvolveConfig, EvolveStage, build_prompt, check_evolution, check_step,
                             parse_evolved, stage_names)
 from datagen.inference.base import Request
 from datagen.inference.registry import ModelConfig
 from datagen.record import EvolutionStep, Record
-from datagen.config import ConfigError, load_config
+from datagen.config_loader import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
 from fakes import FAKE_BACKEND, FakeLLM, install_fake
 from stage_harness import run_transform

@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen.generate import (CAP_STAGE, STAGE, TEMPLATE_VERSION, GenerateConfig, GenerateStage,
+from datagen.stages.generate import (CAP_STAGE, STAGE, TEMPLATE_VERSION, GenerateConfig, GenerateStage,
                               ParsedInstruction, build_prompt, domain_tag, is_closed_question, parse_instructions)
-from datagen.python_code import valid_tests
-from datagen.text import is_mostly_cjk, looks_like_answer, looks_like_instruction
+from datagen.filters.python_code import valid_tests
+from datagen.filters.text import is_mostly_cjk, looks_like_answer, looks_like_instruction
 from datagen.record import REJECTED, Record
-from datagen.config import ConfigError, load_config
+from datagen.config_loader import ConfigError, load_config
 from pipelines.synth_config import SynthConfig
 from fakes import FakeLLM, install_fake
 from stage_harness import run_transform

@@ -18,8 +18,8 @@ import huggingface_hub
 import pytest
 
 import memory_fs
-from datagen.hub import PushError, push_to_hub
-from datagen.output import UPLOAD_PATTERNS
+from datagen.output.hub import PushError, push_to_hub
+from datagen.output.writer import UPLOAD_PATTERNS
 from hub_server import LocalHub
 from test_synth_pipeline import write_seeds
 

@@ -19,7 +19,7 @@ import torch
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
 from conftest import our_vllm_processes
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from pipelines import models as models_cli
 from posttrain.sft import main as sft_main
 

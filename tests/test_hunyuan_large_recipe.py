@@ -11,10 +11,10 @@ import torch
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from datagen.config import load_config
+from datagen.config_loader import load_config
 from posttrain.hunyuan.configuration import HunYuanConfig
-from posttrain.moe import MoEConfig, derive_expert_lr_ratio
-from posttrain.sft_config import SFTRunConfig
+from posttrain.moe.recipe import MoEConfig, derive_expert_lr_ratio
+from posttrain.trainers.sft_config import SFTRunConfig
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
 register_hunyuan()  # model_type "hunyuan" with the Auto classes

@@ -309,8 +309,8 @@ def test_trl_fused_head_and_our_forward_agree_on_the_loss():
 
 
 def test_lead_moe_helpers_see_the_native_fields():
-    from posttrain.dropout import native_hidden_dropout_field
-    from posttrain.param_names import param_group_of
+    from posttrain.moe.dropout import native_hidden_dropout_field
+    from posttrain.moe.param_names import param_group_of
 
     assert native_hidden_dropout_field(HunYuanConfig(**TINY)) == "hidden_dropout"
     groups = {name: param_group_of(name) for name, _ in tiny_model().named_parameters()}

@@ -12,20 +12,21 @@ import torch
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from datagen.config import ConfigError
-from posttrain import dpo_state, dpo_trainer
-from posttrain.dpo_config import DPORunConfig
+from datagen.config_loader import ConfigError
+from posttrain.online import round_state
+from posttrain.trainers import dpo_trainer
+from posttrain.trainers.dpo_config import DPORunConfig
 from posttrain.ema import EMAConfig
-from posttrain.expert_load import ExpertLoad
+from posttrain.moe.expert_load import ExpertLoad
 from posttrain.hunyuan.configuration import HunYuanConfig
 from posttrain.hunyuan.expert_lr import expert_lr_ratio
 from posttrain.hunyuan.modeling import HunYuanForCausalLM
-from posttrain.moe import MoEConfig, derive_expert_lr_ratio, prepare_moe_model
-from posttrain.online.config import OnlineConfig
-from posttrain.param_groups import batch_tokens_per_step
-from posttrain.sft_config import SFTRunConfig
-from posttrain.sft_data import DataConfig
-from posttrain.sft_trainer import build_trainer, train
+from posttrain.moe.recipe import MoEConfig, derive_expert_lr_ratio, prepare_moe_model
+from posttrain.online.online_config import OnlineConfig
+from posttrain.moe.param_groups import batch_tokens_per_step
+from posttrain.trainers.sft_config import SFTRunConfig
+from posttrain.trainers.sft_data import DataConfig
+from posttrain.trainers.sft_trainer import build_trainer, train
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
 register_hunyuan()  # model_type "hunyuan" with the Auto classes
@@ -125,7 +126,7 @@ def test_router_demand_is_logged_apart_from_the_load_capacity_lets_through(token
 
 
 def test_expert_load_of_transformers_hunyuan_v1_moe(tokenizer):
-    from posttrain.tiny_moe import build_tiny_moe_model
+    from posttrain.moe.tiny_moe import build_tiny_moe_model
 
     model = build_tiny_moe_model(tokenizer).train()
     load = ExpertLoad(model)
@@ -243,7 +244,7 @@ def test_dpo_loss_holds_the_aux_loss_exactly_once(tmp_path, tokenizer):
     prepare_moe_model(policy, MoEConfig(router_aux_loss_coef=0.5, **NO_DROPOUT))
     cfg = dpo_config(tmp_path, moe=MoEConfig(router_aux_loss_coef=0.5, **NO_DROPOUT))
     rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()[:2]]
-    trainer = dpo_trainer.MoEDPOTrainer(model=policy, ref_model=dpo_state.make_reference(policy),
+    trainer = dpo_trainer.MoEDPOTrainer(model=policy, ref_model=round_state.make_reference(policy),
                                         args=dpo_trainer.build_dpo_args(cfg, moe_model=True),
                                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                         moe_config=cfg.moe)

@@ -74,7 +74,7 @@ def smollm2_pair():
     cached build, as `python -m pipelines.models prepare smollm2-moe` makes it), both in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from datagen.inference.models import resolve_model
+    from datagen.inference.model_names import resolve_model
 
     dense_dir = resolve_model("smollm2-135m")
     moe_dir = resolve_model("smollm2-moe")

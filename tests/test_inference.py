@@ -13,7 +13,7 @@ import pytest
 from datagen.cache import CachedLLM, CallCache
 from datagen.inference import registry
 from datagen.inference.base import Completion, InferenceError, Request, SamplingParams
-from datagen.inference.models import prepare, register_alias, resolve_model
+from datagen.inference.model_names import prepare, register_alias, resolve_model
 from datagen.inference.openai_client import OpenAIEndpointLLM
 from fakes import FakeLLM
 from posttrain.model_registry import TINY_MOE_ALIAS, register_models
@@ -139,7 +139,7 @@ def test_an_alias_is_built_once_and_then_resolves_without_its_registration(tmp_p
     assert resolve_model("test-only-model") == str(path) and len(built) == 1  # built once
     assert path == tmp_path / "models" / "test-only-model" and (path / "config.json").is_file()
     other_process = subprocess.run(
-        [sys.executable, "-c", "from datagen.inference.models import resolve_model as r; print(r('test-only-model'))"],
+        [sys.executable, "-c", "from datagen.inference.model_names import resolve_model as r; print(r('test-only-model'))"],
         capture_output=True, text=True, env={**os.environ, "SYNTHPOST_CACHE": str(tmp_path)}, check=True)
     assert other_process.stdout.strip() == str(path)
     with pytest.raises(InferenceError, match="unknown model 'other-model'.*test-only-model"):
@@ -158,7 +158,7 @@ def test_models_command_lists_the_aliases_other_layers_register(tmp_path, monkey
 
 
 def test_a_backend_is_valid_in_configs_once_registered():
-    from datagen.config import ConfigError, load_config
+    from datagen.config_loader import ConfigError, load_config
     from pipelines.synth_config import SynthConfig
 
     with pytest.raises(ConfigError, match=r"models.default: backend 'echo' is not registered \(known: .*vllm"):
@@ -238,7 +238,7 @@ def test_transformers_backend_matches_plain_generate_on_the_tiny_moe():
 
 def test_managed_server_env_comes_from_the_model_config(tmp_path):
     from datagen.inference.managed import server_env
-    from datagen.config import load_config
+    from datagen.config_loader import load_config
     from pipelines.synth_config import SynthConfig
 
     path = tmp_path / "two.yaml"

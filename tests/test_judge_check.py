@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from datagen import calibration
-from datagen.critique import (CritiqueConfig, CritiqueStage, JudgeCheckFailed, enforce_min_auc, judge_check,
+from datagen.filters import calibration
+from datagen.stages.critique import (CritiqueConfig, CritiqueStage, JudgeCheckFailed, enforce_min_auc, judge_check,
                               read_critique)
-from datagen.critique_parse import expected_scores
+from datagen.filters.critique_parse import expected_scores
 from datagen.inference.base import Completion, Request
 from datagen.record import Consistency, Record, Response
 from fakes import FakeLLM, install_fake

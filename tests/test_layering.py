@@ -2,7 +2,9 @@
 
 pipelines → posttrain → rewards → datagen: a package imports only the ones to its right, so
 there is no cycle and datagen imports none of the others. Within datagen no stage file imports
-another one; the text heuristics and helpers they share live in shared modules.
+another one; the text heuristics and helpers they share live in shared modules. The folders say
+what a file is: datagen/stages/ holds the stages and nothing else (one `<Name>Stage` transform a
+file), posttrain/trainers/ a config beside every trainer, posttrain/online/ the online round loop.
 """
 from __future__ import annotations
 
@@ -53,9 +55,33 @@ def test_packages_import_only_the_layers_below(package):
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
+def test_the_stages_folder_holds_the_stages_and_only_them():
+    files = {p.stem for p in (ROOT / "datagen" / "stages").glob("*.py")} - {"__init__"}
+    assert files == set(STAGES)
+    for stage in STAGES:
+        tree = ast.parse((ROOT / "datagen" / "stages" / f"{stage}.py").read_text(encoding="utf-8"))
+        classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+        assert f"{stage.capitalize()}Stage" in classes, f"datagen/stages/{stage}.py defines no {stage.capitalize()}Stage"
+
+
+def test_every_trainer_has_its_config_beside_it():
+    trainers = {p.stem.removesuffix("_trainer") for p in (ROOT / "posttrain" / "trainers").glob("*_trainer.py")}
+    assert trainers == {"sft", "dpo", "rm"}
+    for name in trainers:
+        assert (ROOT / "posttrain" / "trainers" / f"{name}_config.py").is_file()
+        assert (ROOT / "posttrain" / f"{name}.py").is_file(), f"`accelerate launch posttrain/{name}.py` needs its entry point"
+
+
+def test_the_online_round_loop_lives_in_posttrain_online():
+    """No round-loop module outside posttrain/online/ (it was spread over dpo_rounds.py and dpo_state.py)."""
+    stray = [p.relative_to(ROOT) for p in files_of("posttrain")
+             if ("round" in p.stem or p.stem.startswith("online")) and p.parent.name != "online"]
+    assert not stray, stray
+
+
 def test_no_datagen_module_imports_a_stage_file():
     """Stages are leaves: neither another stage nor a shared module imports one (pipelines compose them)."""
-    stage_modules = {f"datagen.{stage}" for stage in STAGES}
+    stage_modules = {f"datagen.stages.{stage}" for stage in STAGES}
     wrong = [f"{path.relative_to(ROOT)}:{line} imports {target}"
              for path in files_of("datagen") for line, target in imported_modules(path)
              if target in stage_modules and module_name(path) != target]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from datagen import eval_sets
+from datagen.readers import eval_sets
 from pipelines import loop
 from pipelines.looping import math_train
-from pipelines.looping.config import load_loop_config, step_config
+from pipelines.looping.loop_config import load_loop_config, step_config
 from pipelines.looping.steps import DONE_FILE, LoopError, Step, run_steps
 from pipelines.looping.table import write_table
 

@@ -7,7 +7,7 @@ import os
 from datagen.cache import CachedLLM
 from datagen.inference.base import Request
 from datagen.inference.managed import managed_identity
-from datagen.inference.models import weights_fingerprint
+from datagen.inference.model_names import weights_fingerprint
 from datagen.inference.registry import ModelConfig
 from fakes import FakeLLM
 

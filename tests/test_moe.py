@@ -1,4 +1,4 @@
-"""posttrain/moe.py, dropout.py, param_groups.py and models.py on a micro hunyuan_v1_moe (128-token vocabulary, 2 layers, 4 experts, top-1).
+"""posttrain/moe/recipe.py, dropout.py, param_groups.py and models.py on a micro hunyuan_v1_moe (128-token vocabulary, 2 layers, 4 experts, top-1).
 
 Model-level behaviour shared by SFT and DPO: aux loss in the loss and the gradients, dropout that
 really applies, parameter groups, router freezing, loading errors.
@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from posttrain.dropout import apply_dropout
-from posttrain.models import ModelLoadError, ModelSpec, load_policy
-from posttrain.moe import MoEConfig, enable_router_aux_loss, prepare_moe_model
-from posttrain.param_groups import build_param_groups, group_learning_rates
-from posttrain.param_names import GROUP_NAMES, freeze_router, param_group_of
-from posttrain.tiny_moe import TINY_MOE_SHAPE
+from posttrain.moe.dropout import apply_dropout
+from posttrain.model_loading import ModelLoadError, ModelSpec, load_policy
+from posttrain.moe.recipe import MoEConfig, enable_router_aux_loss, prepare_moe_model
+from posttrain.moe.param_groups import build_param_groups, group_learning_rates
+from posttrain.moe.param_names import GROUP_NAMES, freeze_router, param_group_of
+from posttrain.moe.tiny_moe import TINY_MOE_SHAPE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

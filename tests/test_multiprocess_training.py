@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
 register_hunyuan()  # model_type "hunyuan" with the Auto classes
@@ -199,7 +199,7 @@ import dataclasses, os, sys
 from pathlib import Path
 import torch, torch.distributed as dist
 from posttrain.cli import run_command
-from datagen.config import ConfigError
+from datagen.config_loader import ConfigError
 
 @dataclasses.dataclass
 class Config:
@@ -238,10 +238,10 @@ class Stop(Exception):
 def test_training_arguments_exist_before_any_model_loads(sft_data, tmp_path, monkeypatch):
     """ZeRO-3 / FSDP initialisation hooks into from_pretrained only once TrainingArguments (and with
     them the process group) exist: SFT and RM build them first (DPO builds its DPOConfig first too)."""
-    from posttrain import rm_trainer, sft_trainer
-    from posttrain.models import ModelSpec
-    from posttrain.rm_config import RMRunConfig
-    from posttrain.sft_config import SFTRunConfig
+    from posttrain.trainers import rm_trainer, sft_trainer
+    from posttrain.model_loading import ModelSpec
+    from posttrain.trainers.rm_config import RMRunConfig
+    from posttrain.trainers.sft_config import SFTRunConfig
 
     order = []
 

@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from datagen import output, report
-from datagen.finalize import collect_stage_stats, dpo_row, finalize, sft_row
-from datagen.output import WriteRecords, read_records
+from datagen.output import report, writer as output
+from datagen.output.finalize import collect_stage_stats, dpo_row, finalize, sft_row
+from datagen.output.writer import WriteRecords
+from readback import read_records
 from datagen.record import Critique, Record, Response
-from datagen.report import redact
+from datagen.output.report import redact
 from datagen.stage import RecordFn, run_stage
 
 SCORES = {"accuracy": 4, "relevance": 3, "completeness": 3, "usefulness": 4, "clarity": 2}

@@ -1,11 +1,26 @@
 """Pairwise judging: the verdict parser on what judges write, and both orders for every pair."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import pytest
 
 from datagen.inference.base import Completion
-from rewards.pairwise import PairwiseConfig, PairwiseJudge, both_orders, collect, parse_verdict
+from rewards.pairwise import PairJudgement, PairwiseConfig, both_orders, collect, parse_verdict
 from fakes import FakeLLM
+
+
+class PairwiseJudge:
+    """The test's judge: judges (instruction, answer of M, answer of B) triples in both orders with one model."""
+
+    def __init__(self, llm, cfg: PairwiseConfig | None = None) -> None:
+        self.llm = llm
+        self.cfg = cfg or PairwiseConfig()
+        self.name = f"pairwise:{llm.identity}"
+
+    def judge(self, instructions: Sequence[str], answers_m: Sequence[str],
+              answers_b: Sequence[str]) -> list[PairJudgement]:
+        return collect(self.llm.generate(both_orders(self.cfg, instructions, answers_m, answers_b)))
 
 
 @pytest.mark.parametrize("reply,verdict", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 
 from datagen import progress
-from datagen.evolve import EvolveConfig, EvolveStage
+from datagen.stages.evolve import EvolveConfig, EvolveStage
 from datagen.record import Record
 from fakes import FakeLLM, install_fake
 from stage_harness import run_transform

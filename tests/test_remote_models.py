@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 import memory_fs
 from datagen.inference import remote_models
 from datagen.inference.base import InferenceError
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 
 
 def upload(local_dir, uri: str) -> None:

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from datagen.inference.base import Completion
 from datagen.inference.registry import ModelConfig, install
 from datagen.record import Record, Response
-from datagen.respond import (STAGE, TEMPLATE_ID, RespondConfig, RespondFn, RespondStage, build_prompt,
+from datagen.stages.respond import (STAGE, TEMPLATE_ID, RespondConfig, RespondFn, RespondStage, build_prompt,
                              check_routing, route_for)
-from datagen.config import ConfigError
+from datagen.config_loader import ConfigError
 from fakes import FAKE_BACKEND, FakeLLM
 from stage_harness import run_transform
 

@@ -13,9 +13,9 @@ from fakes import FakeLLM, install_fake
 from datagen.inference.registry import ModelConfig
 from posttrain.data import DataError, load_view
 from rewards.reward_model import RewardModelError
-from datagen.critique import CritiqueConfig
+from datagen.stages.critique import CritiqueConfig
 from posttrain.pairs import build_seed_preference_set, check_pair, load_preference_pairs
-from posttrain.rm_refresh import RefreshConfig, RewardRefresher
+from posttrain.online.rm_refresh import RefreshConfig, RewardRefresher
 from rewards.judge import CritiqueJudgeScorer, JudgeConfig
 from rewards.reward_model import ClassifierScorer
 from rewards.scoring import RewardConfig, build_scorer
@@ -30,7 +30,7 @@ USER = [{"role": "user", "content": "What is 2 + 3?"}]
 def classifier(tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from posttrain.tiny_moe import tiny_moe_config
+    from posttrain.moe.tiny_moe import tiny_moe_config
 
     torch.manual_seed(0)
     config = tiny_moe_config(tokenizer, num_hidden_layers=1)
@@ -227,8 +227,8 @@ def test_train_rm_bad_config_key_is_reported(capsys):
 
 @pytest.mark.parametrize("path", ["configs/posttrain/rm_tiny.yaml", "configs/posttrain/rm_hunyuan.yaml"])
 def test_shipped_reward_recipes_parse(path):
-    from datagen.config import load_config
-    from posttrain.rm_config import RMRunConfig
+    from datagen.config_loader import load_config
+    from posttrain.trainers.rm_config import RMRunConfig
 
     cfg = load_config(RMRunConfig, path, ["--max_steps", "3"])
     assert cfg.max_steps == 3 and cfg.ema.export

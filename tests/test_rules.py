@@ -7,12 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datagen.record import KEPT, Record, Response
-from datagen.rules import (RESPONSE_REASONS, Finding, RulesConfig, RulesStage, apply_rules,
+from datagen.stages.rules import (RESPONSE_REASONS, Finding, RulesConfig, RulesStage, apply_rules,
                            check_code_fences, check_garbled, check_json, check_language_allowed,
                            check_language_match, check_length, check_repetition, check_truncated,
                            dominant_reason, instruction_finding, repeated_ngram_ratio, response_finding,
                            script_language)
-from datagen.text import words
+from datagen.filters.text import words
 from stage_harness import run_transform
 
 CFG = RulesConfig()

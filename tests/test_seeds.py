@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen import SHIPPED_SEEDS, seed_readers
+from datagen import SHIPPED_SEEDS
+
+from datagen.readers import seed_readers
 from datagen.record import KEPT, REJECTED
-from datagen.seed_readers import SeedFile, content_hash, iter_lines, read_jsonl, read_seed_file, seed_from_fields
-from datagen.seeds import SeedsConfig, SeedsStage, list_seed_files
+from datagen.readers.seed_readers import SeedFile, content_hash, iter_lines, read_jsonl, read_seed_file, seed_from_fields
+from datagen.stages.seeds import SeedsConfig, SeedsStage, list_seed_files
 from stage_harness import run_transform
 
 REASONS = {"not_utf8", "invalid_json", "missing_text", "invalid_field", "empty_text", "too_short",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datagen.self_contained import ABSENT_TEXT, UNDEFINED_OBJECT, missing_context
+from datagen.filters.self_contained import ABSENT_TEXT, UNDEFINED_OBJECT, missing_context
 
 
 @pytest.mark.parametrize("text, reason, detail", [

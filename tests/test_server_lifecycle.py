@@ -114,7 +114,7 @@ def test_server_env_carries_the_tag_and_no_forced_offline_for_a_hub_id(tmp_path,
 
 @pytest.mark.vllm
 def test_real_engine_is_swept_after_its_api_server_is_sigkilled(no_vllm_left_behind):
-    from datagen.inference.models import resolve_model
+    from datagen.inference.model_names import resolve_model
 
     server = VLLMServer(resolve_model("smollm2-135m"), "lifecycle",
                         ["--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],

@@ -1,4 +1,4 @@
-"""posttrain/sft*.py and posttrain/sft_data.py: SFT of the tiny hunyuan_v1_moe with TRL on CPU.
+"""posttrain/sft*.py and posttrain/trainers/sft_data.py: SFT of the tiny hunyuan_v1_moe with TRL on CPU.
 
 The model is built in memory (random weights, SmolLM2's tokenizer); sequences are short so each
 training step is a fraction of a second.
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from datagen.config import load_config
+from datagen.config_loader import load_config
 from posttrain.data import DataError, load_view
-from posttrain.moe import MoEConfig
+from posttrain.moe.recipe import MoEConfig
 from posttrain.sft import main
-from posttrain.sft_config import SFTRunConfig
-from posttrain.sft_data import DataConfig, conversation_problem, load_sft_splits
-from posttrain.sft_trainer import build_trainer, train
-from posttrain.tiny_moe import build_tiny_moe_model
+from posttrain.trainers.sft_config import SFTRunConfig
+from posttrain.trainers.sft_data import DataConfig, conversation_problem, load_sft_splits
+from posttrain.trainers.sft_trainer import build_trainer, train
+from posttrain.moe.tiny_moe import build_tiny_moe_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,7 @@ import pytest
 
 from fakes import FAKE_BACKEND
 from pipelines import synth
-from datagen.config import ConfigError
+from datagen.config_loader import ConfigError
 from pipelines.synth_config import SynthConfig
 
 
@@ -44,7 +44,7 @@ def test_main_reports_a_missing_seed_path(capsys, tmp_path):
 
 
 def test_shipped_default_yaml_equals_the_dataclass_defaults():
-    from datagen.config import load_config, to_dict
+    from datagen.config_loader import load_config, to_dict
 
     assert to_dict(load_config(SynthConfig, "configs/synth/default.yaml")) == to_dict(SynthConfig())
 

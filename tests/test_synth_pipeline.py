@@ -13,7 +13,7 @@ import pytest
 
 from datagen.inference import registry
 from datagen.inference.base import Request
-from datagen.output import read_records
+from readback import read_records
 from fakes import FAKE_BACKEND, FakeLLM
 from pipelines import synth
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import our_vllm_processes
-from datagen import calibration
+from datagen.filters import calibration
 from datagen.inference import registry
-from datagen.output import read_records
+from readback import read_records
 from pipelines import synth
 
 pytestmark = pytest.mark.vllm

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from datagen.finalize import dpo_row, finalize, sft_row
-from datagen.quality import QualityTally, distinct_n, distribution, markdown_rows
+from datagen.output.finalize import dpo_row, finalize, sft_row
+from datagen.output.quality import QualityTally, distinct_n, distribution, markdown_rows
 from datagen.record import Consistency, Critique, Record, Response
 from test_output import run_pipeline
 

@@ -14,7 +14,7 @@ import threading
 from typing import Callable
 
 from datagen.inference.base import Completion, InferenceError, Request
-from datagen.inference.models import weights_fingerprint
+from datagen.inference.model_names import weights_fingerprint
 from datagen.inference.openai_client import OpenAIEndpointLLM
 from datagen.inference.vllm_server import VLLMServer
 

@@ -19,9 +19,9 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from datagen.config import option
+from datagen.config_loader import option
 from datagen.inference.base import LLM, InferenceError
-from datagen.inference.models import resolve_model
+from datagen.inference.model_names import resolve_model
 from datagen.inference.vllm_server import stop_all_servers
 
 log = logging.getLogger(__name__)

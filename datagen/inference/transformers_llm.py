@@ -11,7 +11,7 @@ import threading
 from typing import Sequence
 
 from datagen.inference.base import Completion, InferenceError, Request
-from datagen.inference.models import setup_model_types, weights_fingerprint
+from datagen.inference.model_names import setup_model_types, weights_fingerprint
 
 
 class TransformersLLM:

@@ -7,7 +7,7 @@ Modules: `config` (EvalConfig), `models` (roles → inference configs, batched g
 `tasks` (prompts and per-item scoring), `stats` (pure statistics), `runner` (evaluate),
 `charts` and `report` (results.json, items.jsonl, report.html, the summary line).
 """
-from pipelines.evaluation.config import EvalConfig
+from pipelines.evaluation.eval_config import EvalConfig
 from pipelines.evaluation.runner import evaluate
 
 __all__ = ["EvalConfig", "evaluate"]

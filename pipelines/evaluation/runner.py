@@ -10,11 +10,11 @@ import logging
 import time
 from typing import Any
 
-from datagen import eval_sets
-from datagen.config import ConfigError, to_dict
+from datagen.readers import eval_sets
+from datagen.config_loader import ConfigError, to_dict
 from datagen.inference import registry
-from pipelines.evaluation import models, report, stats, tasks
-from pipelines.evaluation.config import EvalConfig
+from pipelines.evaluation import model_roles, report, stats, tasks
+from pipelines.evaluation.eval_config import EvalConfig
 from rewards import pairwise
 
 log = logging.getLogger("synthpost.eval")
@@ -35,11 +35,11 @@ def evaluate(cfg: EvalConfig, reward_scorer: Any = None, stop_servers: bool = Tr
     Servers started here are stopped at the end unless `stop_servers` is False."""
     started = time.monotonic()
     chosen = cfg.chosen_tasks()
-    roles = {"model": models.model_config(cfg, cfg.model)}
+    roles = {"model": model_roles.model_config(cfg, cfg.model)}
     if cfg.baseline:
-        roles["baseline"] = models.model_config(cfg, cfg.baseline)
+        roles["baseline"] = model_roles.model_config(cfg, cfg.baseline)
     if "judge" in chosen:
-        roles["judge"] = models.model_config(cfg, cfg.judge)
+        roles["judge"] = model_roles.model_config(cfg, cfg.judge)
     sets = {name: eval_sets.load(name, cfg.limit) for name in ("math", "code") if name in chosen}
     if {"judge", "reward"} & set(chosen):
         sets["open"] = eval_sets.load("judge", cfg.limit)
@@ -71,7 +71,7 @@ def answer_all(cfg: EvalConfig, model, sets: dict[str, list[dict]], side: str) -
     for name, items in sets.items():
         spans[name] = (len(requests), len(requests) + len(items))
         requests += tasks.REQUESTS[name](items, cfg.answers)
-    completions = models.generate(model, requests, f"answers of the {side} ({model.name})")
+    completions = model_roles.generate(model, requests, f"answers of the {side} ({model.name})")
     return {name: completions[a:b] for name, (a, b) in spans.items()}
 
 
@@ -125,7 +125,7 @@ def judge_task(cfg: EvalConfig, items: list[dict], answers: dict, judge_model, r
     answer_m = [tasks.answer_text(c) for c in answers["model"]["open"]]
     answer_b = [tasks.answer_text(c) for c in answers["baseline"]["open"]]
     instructions = [item["instruction"] for item in items]
-    completions = models.generate(judge_model, pairwise.both_orders(cfg.pairwise, instructions, answer_m, answer_b),
+    completions = model_roles.generate(judge_model, pairwise.both_orders(cfg.pairwise, instructions, answer_m, answer_b),
                                   f"pairwise verdicts ({judge_model.name}, both orders)")
     judgements = pairwise.collect(completions)
     ab = [j.score_ab for j in judgements]

@@ -14,7 +14,7 @@ import math
 from typing import Sequence
 
 from datagen.inference.base import Completion, Request, SamplingParams
-from pipelines.evaluation.config import AnswerConfig, CodeConfig
+from pipelines.evaluation.eval_config import AnswerConfig, CodeConfig
 from rewards.code_verifier import check_problems
 from rewards.math_verifier import check_answer
 

@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 import yaml
 
-from datagen import eval_sets
-from datagen.config import ConfigError, from_dict
+from datagen.readers import eval_sets
+from datagen.config_loader import ConfigError, from_dict
 from pipelines.looping import math_train
 from pipelines.looping.commands import run_logged
-from pipelines.looping.config import LoopConfig, step_config
+from pipelines.looping.loop_config import LoopConfig, step_config
 from pipelines.looping.steps import LoopError, Step, fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,7 +129,7 @@ class LoopPlan:
     # ------------------------------------------------------------------ training
 
     def sft_step(self, synth: Step) -> Step:
-        from posttrain.sft_config import SFTRunConfig
+        from posttrain.trainers.sft_config import SFTRunConfig
 
         section = self.cfg.sft
         data = step_config(section.config, {"output_dir": str(self.out / "sft"), "dataset": str(synth.directory),
@@ -146,7 +146,7 @@ class LoopPlan:
         return self.add("sft", (data, synth.fingerprint), run)
 
     def dpo_step(self, name: str, changes: dict, sft: Step, synth: Step, prompts: Step) -> Step:
-        from posttrain.dpo_config import DPORunConfig
+        from posttrain.trainers.dpo_config import DPORunConfig
 
         section = self.cfg.dpo
         data = step_config(section.config, {
@@ -167,7 +167,7 @@ class LoopPlan:
     # ------------------------------------------------------------------ eval
 
     def eval_step(self, policy: Policy, upstream: Step) -> Step:
-        from pipelines.evaluation.config import EvalConfig
+        from pipelines.evaluation.eval_config import EvalConfig
 
         section, name = self.cfg.eval, f"eval-{policy.name}"
         changes = {"model": "policy", "baseline": "start", "judge": "judge", "tasks": list(section.tasks),

@@ -7,7 +7,7 @@
 
 `register()` makes `AutoConfig` / `AutoModel` / `AutoModelForCausalLM` /
 `AutoModelForSequenceClassification` know `model_type: "hunyuan"`. The code that loads or serves a
-model calls it (posttrain/models.py, the vLLM plugin, and through `register_models()` datagen's and
+model calls it (posttrain/model_loading.py, the vLLM plugin, and through `register_models()` datagen's and
 rewards' transformers loads), so a Hunyuan-Large checkpoint directory loads with `AutoModelForCausalLM.from_pretrained(dir)`
 and no `trust_remote_code`.
 """

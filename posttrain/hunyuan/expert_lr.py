@@ -29,7 +29,7 @@ limit. `REPORT_BATCH_OVER_NOISE` holds that value and is the default when the ca
 know B_noise. With it, Hunyuan-A13B routing (64 routed experts, top-8, k/n = 1/8) gets 0.43.
 Smollm2-moe's routing (top-1 of 4) gets 0.59.
 
-In the trainers (posttrain/moe.py, posttrain/param_groups.py): `moe.expert_lr_ratio: null`, the
+In the trainers (posttrain/moe/recipe.py, posttrain/moe/param_groups.py): `moe.expert_lr_ratio: null`, the
 default, uses `expert_lr_ratio_for(model.config, B, B_noise)` with B = the tokens per optimizer
 step read from the trainer's arguments (per-device batch x accumulation x world size x tokens per
 sequence) and B_noise = `moe.gradient_noise_scale_tokens`; when B_noise is not given the ratio

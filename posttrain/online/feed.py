@@ -9,7 +9,7 @@ rank p every P-th batch of the same ordered stream, so the ranks of one step sha
 Why slots and not the rows themselves: accelerate's DataLoaderShard fetches one batch ahead and
 the Trainer pulls all micro-batches of a step at once (`get_batch_samples`), so rows fetched from
 the dataset would be read before the round that owns them exists. A slot is a number; it becomes a
-row only in `training_step`, after the round-boundary callback (posttrain/dpo_rounds.py) has built
+row only in `training_step`, after the round-boundary callback (posttrain/online/round_callback.py) has built
 the round on every rank. A slot outside the installed round is an error, never a stale row.
 
 Resume: the Trainer skips the slots of the steps already trained (`ignore_data_skip` off), and

@@ -3,7 +3,7 @@ prompts (distinct, first occurrence wins). Unusable rows are counted by reason."
 from __future__ import annotations
 
 from posttrain.data import DataError, DataReport, load_view
-from posttrain.online.config import OnlineConfig
+from posttrain.online.online_config import OnlineConfig
 from posttrain.pairs import as_messages, prompt_length, reference_of
 
 

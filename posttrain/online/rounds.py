@@ -1,6 +1,6 @@
 """One online round, end to end: best-and-worst-of-N pairs from the current policy.
 
-Each round, before a phase of DPO training (see posttrain/dpo_trainer.py):
+Each round, before a phase of DPO training (see posttrain/trainers/dpo_trainer.py):
 
 1. **sample** — the current policy answers `prompts_per_round` prompts N times each (in-process
    `generate`, or, with `backend: vllm`, the run's live vLLM engine, posttrain/online/engine.py,
@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from posttrain.online.config import OnlineConfig
+from posttrain.online.online_config import OnlineConfig
 from posttrain.online.kl import estimate_kl
 from posttrain.online.mixing import Cursor, mix_pairs, online_share
 from posttrain.online.sampling import Messages, sample_with_llm, sample_with_transformers
@@ -50,7 +50,7 @@ class OnlineRounds:
         self.cfg = cfg
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer = scorer
-        self.refresher = refresher  # posttrain.rm_refresh.RewardRefresher, when the RM is refreshed between rounds
+        self.refresher = refresher  # posttrain.online.rm_refresh.RewardRefresher, when the RM is refreshed between rounds
         self.seed = seed
         self.engine = None  # posttrain.online.engine.PolicyEngine, for backend: vllm (set by the trainer)
         self.kl_enabled = True  # off when the policy is sharded (a forward on one rank would hang)
@@ -110,7 +110,7 @@ class OnlineRounds:
         if self.cfg.backend == "transformers":
             return sample_with_transformers(self.policy, self.tokenizer, prompts, self.cfg, seed)
         if self.engine is None:
-            raise RuntimeError("online.backend vllm needs the run's engine (set by posttrain.dpo_trainer.train)")
+            raise RuntimeError("online.backend vllm needs the run's engine (set by posttrain.trainers.dpo_trainer.train)")
         return sample_with_llm(self.engine, prompts, self.cfg, seed)
 
     def kl_stats(self, prompts: list[Messages], answers: list[list[str]]) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from posttrain.online.config import OnlineConfig
+from posttrain.online.online_config import OnlineConfig
 
 Messages = list[dict[str, str]]
 
@@ -13,7 +13,7 @@ def sample_with_transformers(model, tokenizer, prompts: Sequence[Messages], cfg:
                              seed: int) -> list[list[str]]:
     """N answers per prompt from the in-process policy (eval mode, no grad).
 
-    Router logits are switched off: no aux loss is needed here, and posttrain/moe.py's aux-loss
+    Router logits are switched off: no aux loss is needed here, and posttrain/moe/recipe.py's aux-loss
     hook cannot pair cached-decoding router logits with the full attention mask."""
     import torch
 

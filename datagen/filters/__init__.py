@@ -1,0 +1,1 @@
+"""What the stages judge items with: text heuristics, answer extraction, overlap tests, the code sandbox, the critique parser and the judge check. Shared by stages, so that no stage imports another."""

@@ -1,0 +1,156 @@
+"""The judge check: does the critique judge tell a good answer from a bad one?
+
+`datagen/data/judge_calibration.jsonl` holds pairs written for this project: one question, a
+known-good and a known-bad answer (a wrong result, a buggy function, a false fact, advice that
+harms, a reply that ignores the request), in every seed domain, in English and Chinese. The critique
+stage's judge grades both answers of every pair at the start of a run (`critique.judge_check`), and
+`summarize` turns the grades into what stats.json, the card and the report show:
+
+- `auc`: the share of pairs whose good answer outscores its bad one, ties counted half (an answer
+  the judge could not grade counts as a tie) — 0.5 is a coin, 1.0 a judge that always knows. This is
+  what ranking the answers to one question needs (the best of N, critique-ranked DPO pairs);
+- `auc_unpaired`: the same over every (good, bad) pair of answers across questions — what a fixed
+  threshold (`critique.min_mean`) can separate;
+- `per_aspect`, `by_domain`; `auc_sampled` / `auc_logprobs`: grades from the sampled digits and from
+  the expected score under the judge's token probabilities (when the backend returned logprobs), on
+  the same calls; `auc_all_aspects`: the mean of all five aspects instead of `critique.aspects`;
+- `unparsed`, and `weak` when `auc` is below WEAK_AUC: a critique that filters nothing meaningful,
+  which the run, the card and the report say out loud.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from datagen.filters.critique_parse import ParsedCritique
+from datagen.readers.jsonl import read_objects
+from datagen.record import CRITIQUE_ASPECTS
+
+CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "data" / "judge_calibration.jsonl"
+WEAK_AUC = 0.6
+_FIELDS = ("id", "domain", "lang", "question", "good", "bad")
+
+
+class CalibrationError(ValueError):
+    """The calibration file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class CalibrationPair:
+    id: str
+    domain: str
+    lang: str
+    question: str
+    good: str
+    bad: str
+    flaw: str = ""
+
+
+def load_pairs(path: str | Path = CALIBRATION_FILE) -> list[CalibrationPair]:
+    path = Path(path)
+    pairs = []
+    for line_no, item in read_objects(path, CalibrationError, "judge calibration"):
+        missing = [k for k in _FIELDS if not isinstance(item.get(k), str) or not item[k].strip()]
+        if missing:
+            raise CalibrationError(f"{path}:{line_no}: needs non-empty {', '.join(missing)}")
+        pairs.append(CalibrationPair(**{k: item[k] for k in (*_FIELDS, "flaw") if k in item}))
+    if not pairs:
+        raise CalibrationError(f"{path}: no calibration pairs")
+    return pairs
+
+
+def auc(good: Sequence[float | None], bad: Sequence[float | None]) -> float:
+    """Share of pairs where good > bad; ties and ungraded answers count half."""
+    if len(good) != len(bad) or not good:
+        raise ValueError("auc needs as many good as bad scores, at least one")
+    wins = sum(0.5 if g is None or b is None or g == b else float(g > b) for g, b in zip(good, bad))
+    return round(wins / len(good), 4)
+
+
+def _grade(critique: ParsedCritique | None, aspects: Sequence[str] | None, use_expected: bool) -> float | None:
+    if critique is None or (use_expected and not critique.expected):
+        return None
+    return critique.grade(aspects, use_expected)
+
+
+def _aucs(good, bad, aspects, use_expected) -> float:
+    return auc([_grade(c, aspects, use_expected) for c in good], [_grade(c, aspects, use_expected) for c in bad])
+
+
+def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | None],
+              bad: Sequence[ParsedCritique | None], grading: str, aspects: Sequence[str] | None = None) -> dict:
+    """stats.json's `judge_check` from the judge's critiques of each pair's good and bad answer (None:
+    the call failed). The grade is the mean over `aspects` (all when None) of the expected scores
+    (grading logprobs, when the judge returned them) or of the sampled digits."""
+    with_logprobs = any(c is not None and c.expected for c in (*good, *bad))
+    use_expected = grading == "logprobs" and with_logprobs
+    aspects = list(aspects or CRITIQUE_ASPECTS)
+    by_domain = {}
+    for domain in sorted({p.domain for p in pairs}):
+        picked = [(g, b) for p, g, b in zip(pairs, good, bad) if p.domain == domain]
+        by_domain[domain] = _aucs([g for g, _ in picked], [b for _, b in picked], aspects, use_expected)
+    summary = {
+        "pairs": len(pairs),
+        "grading": "logprobs" if use_expected else "sampled",
+        "aspects": aspects,
+        "auc": _aucs(good, bad, aspects, use_expected),
+        "auc_unpaired": unpaired_auc([_grade(c, aspects, use_expected) for c in good],
+                                     [_grade(c, aspects, use_expected) for c in bad]),
+        "per_aspect": {a: _aucs(good, bad, [a], use_expected) for a in CRITIQUE_ASPECTS},
+        "auc_sampled": _aucs(good, bad, aspects, False),
+        "auc_logprobs": _aucs(good, bad, aspects, True) if with_logprobs else None,
+        "auc_all_aspects": _aucs(good, bad, None, use_expected),
+        "by_domain": by_domain,
+        "unparsed": sum(1 for c in (*good, *bad) if c is None or c.problem),
+        "mean_good": _mean([_grade(c, aspects, use_expected) for c in good]),
+        "mean_bad": _mean([_grade(c, aspects, use_expected) for c in bad]),
+    }
+    summary["weak"] = summary["auc"] < WEAK_AUC
+    return summary
+
+
+def unpaired_auc(good: Sequence[float | None], bad: Sequence[float | None]) -> float | None:
+    """Share of (any good, any bad) answer pairs ordered right, ties half: what a fixed threshold
+    across questions can separate (the paired `auc` is what ranking answers to one question needs)."""
+    gs, bs = [g for g in good if g is not None], [b for b in bad if b is not None]
+    if not gs or not bs:
+        return None
+    wins = sum(0.5 if g == b else float(g > b) for g in gs for b in bs)
+    return round(wins / (len(gs) * len(bs)), 4)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 3) if known else None
+
+
+def warning_line(check: dict) -> str:
+    """The loud line for a judge below WEAK_AUC ("" when the judge discriminates)."""
+    if not check or not check.get("weak"):
+        return ""
+    return (f"WARNING: the critique judge scored {check['auc']:.2f} AUC on {check['pairs']} calibration pairs "
+            f"(0.5 = a coin): its critique filters nothing meaningful. Use a stronger judge "
+            f"(critique.model) or read the critique scores as noise.")
+
+
+def describe(check: dict) -> str:
+    """The judge check in a paragraph, for the card."""
+    grade = "+".join(check.get("aspects") or ["all aspects"])
+    compare = f"sampled digits {check['auc_sampled']:.2f}" + (
+        f", logprob grades {check['auc_logprobs']:.2f}" if check.get("auc_logprobs") is not None else "") + (
+        f", the mean of all five aspects {check['auc_all_aspects']:.2f}" if check.get("auc_all_aspects") is not None
+        else "")
+    across = check.get("auc_unpaired")
+    return (f"The critique judge `{check.get('model', '')}` graded {check['pairs']} calibration pairs (one question, a "
+            f"known-good and a known-bad answer; every domain, English and Chinese). AUC = the share of pairs whose "
+            f"good answer scores higher (ties half; 0.5 is a coin): **{check['auc']:.2f}** with {check['grading']} "
+            f"grades of {grade} ({compare}); {check['unparsed']} of {2 * check['pairs']} critiques unreadable."
+            + (f" Across questions, which is what the `min_mean` threshold relies on, its grades order good above "
+               f"bad answers {across:.2f} of the time." if across is not None else ""))
+
+
+def table_rows(check: dict) -> list[list[str]]:
+    grade = "+".join(check.get("aspects") or ["all aspects"])
+    return [[f"grade ({grade})", f"{check['auc']:.2f}"], *[[a, f"{v:.2f}"] for a, v in check["per_aspect"].items()],
+            *[[f"domain {d}", f"{v:.2f}"] for d, v in check["by_domain"].items()]]

@@ -1,0 +1,129 @@
+"""The data-quality section of a synth run: what a reader needs to judge the data, in one place.
+
+`QualityTally` is fed the kept and rejected rows as `datagen.output.finalize` streams them back; `summary`
+adds the run's stage counters and judge check and gives stats.json's `quality`:
+
+- `yield_by_domain`: kept / (kept + rejected) records per domain;
+- `judge`: the critique judge's AUC on the calibration pairs (datagen/filters/calibration.py);
+- `verification`: kept objective items whose answer is verified (majority by math-verify, or tests
+  passed) vs unverifiable (continued as subjective), and the share verified;
+- `answer_chars`: the chosen answers' length distribution (characters);
+- `diversity`: distinct-1/2/3 of the kept instructions (unique word n-grams / all n-grams; the
+  first `DIVERSITY_SAMPLE` instructions, so memory stays bounded);
+- `duplicates_removed`, `contamination` (decontam rejects by reason and by benchmark);
+- `dpo_pairs`: DPO rows by how the pair was made (verified-wrong `rejected`, or critique-ranked).
+
+`markdown_rows` gives the card's and the report's table of the same figures.
+"""
+from __future__ import annotations
+
+import re
+
+from datagen.filters.text import words
+
+DIVERSITY_SAMPLE = 20000
+_BENCHMARK = re.compile(r"^(\S+?):? ")
+
+
+class QualityTally:
+    def __init__(self) -> None:
+        self.answer_chars: list[int] = []
+        self.instructions: list[list[str]] = []
+        self.outcomes: dict[str, int] = {}
+        self.objective = {"kept": 0, "verified": 0, "unverifiable": 0}
+        self.contamination: dict[str, dict[str, int]] = {"by_reason": {}, "by_benchmark": {}}
+
+    def add_kept(self, row: dict) -> None:
+        if row.get("response"):
+            self.answer_chars.append(len(row["response"]))
+        if len(self.instructions) < DIVERSITY_SAMPLE:
+            self.instructions.append(words(row.get("instruction") or ""))
+        outcome = (row.get("consistency") or {}).get("outcome") or "unchecked"
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if row.get("objective"):
+            self.objective["kept"] += 1
+            if outcome in ("verified", "unverifiable"):
+                self.objective[outcome] += 1
+
+    def add_rejected(self, row: dict) -> None:
+        if row.get("reject_stage") != "decontam":
+            return
+        reason = row.get("reject_reason") or "unspecified"
+        _bump(self.contamination["by_reason"], reason)
+        match = _BENCHMARK.match(row.get("reject_detail") or "")
+        _bump(self.contamination["by_benchmark"], match.group(1) if match else "unknown")
+
+    def summary(self, stages: dict, domains: dict, judge_check: dict | None, dpo_sources: dict) -> dict:
+        objective = self.objective
+        return {
+            "yield_by_domain": {d: round(c["kept"] / (c["kept"] + c["rejected"]), 3) if c["kept"] + c["rejected"]
+                                else None for d, c in domains.items()},
+            "judge": {k: judge_check.get(k) for k in ("auc", "grading", "pairs", "weak")} if judge_check else None,
+            "verification": {**objective, "outcomes": dict(sorted(self.outcomes.items())),
+                             "share_verified": round(objective["verified"] / objective["kept"], 3)
+                             if objective["kept"] else None},
+            "answer_chars": distribution(self.answer_chars),
+            "diversity": {f"distinct_{n}": distinct_n(self.instructions, n) for n in (1, 2, 3)}
+            | {"instructions": len(self.instructions)},
+            "duplicates_removed": sum((stages.get("dedup") or {}).get("rejected", {}).values()),
+            "contamination": {"hits": sum(self.contamination["by_reason"].values()), **self.contamination},
+            "dpo_pairs": dict(sorted(dpo_sources.items())),
+        }
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def distribution(values: list[int]) -> dict:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+
+    def quantile(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"n": len(ordered), "min": ordered[0], "p10": quantile(0.1), "median": quantile(0.5),
+            "p90": quantile(0.9), "max": ordered[-1], "mean": round(sum(ordered) / len(ordered), 1)}
+
+
+def distinct_n(texts: list[list[str]], n: int) -> float | None:
+    """Unique n-grams / all n-grams over the texts (Li et al. 2016); None when there are none."""
+    grams = [tuple(tokens[i:i + n]) for tokens in texts for i in range(len(tokens) - n + 1)]
+    return round(len(set(grams)) / len(grams), 3) if grams else None
+
+
+def markdown_rows(quality: dict) -> list[list[str]]:
+    """(figure, value) rows for the card and the report."""
+    judge = quality.get("judge") or {}
+    verification = quality["verification"]
+    lengths = quality["answer_chars"]
+    diversity = quality["diversity"]
+    contamination = quality["contamination"]
+    rows = [
+        ["yield per domain (kept / all records)",
+         ", ".join(f"{d} {v:.0%}" for d, v in quality["yield_by_domain"].items() if v is not None) or "–"],
+        ["critique judge AUC (calibration pairs)",
+         f"{judge['auc']:.2f} on {judge['pairs']} pairs ({judge['grading']} grades)"
+         + (" — below 0.6: the critique filters nothing meaningful" if judge.get("weak") else "")
+         if judge else "not measured"],
+        ["objective items verified",
+         f"{verification['verified']} of {verification['kept']} kept ({_share(verification['share_verified'])}); "
+         f"{verification['unverifiable']} unverifiable, judged as subjective"],
+        ["answer length (characters)",
+         f"median {lengths['median']}, p10 {lengths['p10']}, p90 {lengths['p90']}, max {lengths['max']}"
+         if lengths["n"] else "no answers"],
+        ["instruction diversity (distinct-1/2/3)",
+         " / ".join("–" if diversity[f"distinct_{n}"] is None else f"{diversity[f'distinct_{n}']:.2f}"
+                    for n in (1, 2, 3)) + f" over {diversity['instructions']} instructions"],
+        ["near-duplicates removed", str(quality["duplicates_removed"])],
+        ["contamination hits", f"{contamination['hits']}" + (" (" + ", ".join(
+            f"{k}: {v}" for k, v in {**contamination["by_reason"], **contamination["by_benchmark"]}.items()) + ")"
+            if contamination["hits"] else "")],
+        ["DPO pairs by provenance", ", ".join(f"{k} {v}" for k, v in quality["dpo_pairs"].items()) or "none"],
+    ]
+    return rows
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"

@@ -1,0 +1,1 @@
+"""The datagen stages, one a file, in pipeline order: seeds → generate → evolve → dedup → decontam → respond → rules → consistency → critique. Each is a leaf: no stage imports another (tests/test_layering.py)."""
