@@ -84,6 +84,7 @@ class Record:
     language: str = ""
     objective: bool = False
     tests: str = ""  # code items: assert statements the answers must pass
+    reference: str = ""  # math items from a referenced seed: the exact final answer (never shown to a model)
     evolution: list[EvolutionStep] = field(default_factory=list)
     responses: list[Response] = field(default_factory=list)
     response: str = ""  # the chosen answer
@@ -115,6 +116,13 @@ class Record:
         step = LineageStep(stage, model, template_id, template_version,
                            json.dumps(params or {}, sort_keys=True))
         return dataclasses.replace(self, lineage=[*self.lineage, step])
+
+    @property
+    def referenced(self) -> bool:
+        """An item a seed gave with its own check: an exact answer, or tests (a given item's instruction is
+        its seed text; datagen/readers/seed_readers.py `given_item`). Its answers are judged against that
+        check, and its instruction is used as written: never evolved, never capped."""
+        return bool(self.reference.strip()) or (bool(self.tests.strip()) and self.instruction == self.seed_text)
 
     @property
     def verified(self) -> bool:
@@ -169,7 +177,7 @@ _CRITIQUE = pa.struct([("scores", _SCORES), ("rationale", pa.string()), ("model"
 ARROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("seed_id", pa.string()), ("domain", pa.string()), ("source", pa.string()),
     ("seed_text", pa.string()), ("instruction", pa.string()), ("language", pa.string()),
-    ("objective", pa.bool_()), ("tests", pa.string()),
+    ("objective", pa.bool_()), ("tests", pa.string()), ("reference", pa.string()),
     ("evolution", pa.list_(_EVOLUTION)), ("responses", pa.list_(_RESPONSE)), ("response", pa.string()),
     ("consistency", _CONSISTENCY), ("critique", _CRITIQUE), ("lineage", pa.list_(_LINEAGE)),
     ("status", pa.string()), ("reject_stage", pa.string()), ("reject_reason", pa.string()),

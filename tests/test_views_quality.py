@@ -41,6 +41,14 @@ def test_sft_takes_only_verified_answers_of_verified_items():
     assert sft_row(row([("essay", 2.0, "")], outcome="subjective", response="essay", objective=False)) is not None
 
 
+def test_a_critique_pair_needs_a_margin_above_the_judges_noise():
+    close = row([("a", 2.388, "unverified"), ("b", 2.385, "unverified")], outcome="unverifiable", response="a")
+    assert dpo_row(close)["pair_source"] == "critique"  # no noise measured: any margin
+    assert dpo_row(close, min_margin=0.05) is None  # 0.003 apart on a judge whose grades spread 0.05
+    wide = row([("a", 2.9, "unverified"), ("b", 2.1, "unverified")], outcome="unverifiable", response="a")
+    assert dpo_row(wide, min_margin=0.05)["chosen"][0]["content"] == "a"
+
+
 def test_quality_figures():
     tally = QualityTally()
     tally.add_kept({"instruction": "a b c a b", "response": "x" * 10, "objective": True,
@@ -51,6 +59,15 @@ def test_quality_figures():
                     "consistency": {"outcome": "subjective"}})
     tally.add_rejected({"reject_stage": "decontam", "reject_reason": "contaminated_paraphrase",
                         "reject_detail": "code HumanEval/64: instruction restates the item's task"})
+    verdicts = lambda *vs: [{"verdict": v} for v in vs]  # noqa: E731
+    tally.add_referenced({"domain": "math", "consistency": {"method": "reference"},
+                          "responses": verdicts("verified", "wrong", "unverified", "verified")})
+    tally.add_referenced({"domain": "math", "consistency": {"method": "reference"},  # a reject: none right
+                          "responses": verdicts("wrong", "wrong", "wrong", "wrong")})
+    tally.add_referenced({"domain": "math", "consistency": {"method": "math"},  # majority vote: no reference
+                          "responses": verdicts("verified", "verified")})
+    tally.add_pair({"pair_source": "critique", "score_chosen": 2.5, "score_rejected": 2.25})
+    tally.add_pair({"pair_source": "verified", "score_chosen": None, "score_rejected": None})
     stages = {"dedup": {"rejected": {"near_duplicate": 4}}}
     domains = {"math": {"kept": 2, "rejected": 6}, "code": {"kept": 0, "rejected": 3}}
     judge = {"auc": 0.83, "grading": "logprobs", "pairs": 50, "weak": False, "per_aspect": {}}
@@ -65,8 +82,11 @@ def test_quality_figures():
         "duplicates_removed": 4,
         "contamination": {"hits": 1, "by_reason": {"contaminated_paraphrase": 1}, "by_benchmark": {"code": 1}},
         "dpo_pairs": {"critique": 2, "verified": 1},
+        "pair_margins": {"critique": {"n": 1, "min": 0.25, "p10": 0.25, "median": 0.25, "p90": 0.25, "max": 0.25}},
+        "pass_rates": {"math": {"items": 2, "k": 4, "pass@1": 0.25, "pass@k": 0.5, "right_answers": 2}},
     }
     rows = dict(markdown_rows(summary))
+    assert rows["referenced math items: pass@1 / pass@k (k=4)"].startswith("25.0% / 50.0% over 2 items")
     assert rows["objective items verified"] == "1 of 2 kept (50%); 1 unverifiable, judged as subjective"
     assert rows["contamination hits"] == "1 (contaminated_paraphrase: 1, code: 1)"
     assert rows["critique judge AUC (calibration pairs)"] == "0.83 on 50 pairs (logprobs grades)"
@@ -96,3 +116,11 @@ def test_stats_card_and_report_carry_judge_check_and_quality(tmp_path):
     assert "**0.48** with sampled grades of accuracy (sampled digits 0.48, the mean of all five aspects 0.50)" in card
     html = (tmp_path / "report" / "index.html").read_text()
     assert "<h2>Data quality</h2>" in html and "WARNING: the critique judge scored 0.48" in html
+
+
+def test_grade_noise_is_the_judges_spread_within_a_known_quality():
+    from datagen.filters.calibration import grade_noise
+
+    # good answers graded 2 and 4 (sample variance 2), bad ones all 1 (variance 0): pooled sqrt((2 + 0) / 2) = 1
+    assert grade_noise([2.0, 4.0, None], [1.0, 1.0, 1.0]) == 1.0
+    assert grade_noise([3.0], [None]) is None  # one grade shows no spread

@@ -14,6 +14,8 @@ stage's judge grades both answers of every pair at the start of a run (`critique
 - `per_aspect`, `by_domain`; `auc_sampled` / `auc_logprobs`: grades from the sampled digits and from
   the expected score under the judge's token probabilities (when the backend returned logprobs), on
   the same calls; `auc_all_aspects`: the mean of all five aspects instead of `critique.aspects`;
+- `grade_noise`: the pooled spread of grades within the known-good and within the known-bad answers;
+  critique-ranked DPO pairs need a margin above it;
 - `unparsed`, and `weak` when `auc` is below WEAK_AUC: a critique that filters nothing meaningful,
   which the run, the card and the report say out loud.
 """
@@ -105,6 +107,8 @@ def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | 
         "unparsed": sum(1 for c in (*good, *bad) if c is None or c.problem),
         "mean_good": _mean([_grade(c, aspects, use_expected) for c in good]),
         "mean_bad": _mean([_grade(c, aspects, use_expected) for c in bad]),
+        "grade_noise": grade_noise([_grade(c, aspects, use_expected) for c in good],
+                                   [_grade(c, aspects, use_expected) for c in bad]),
     }
     summary["weak"] = summary["auc"] < WEAK_AUC
     return summary
@@ -118,6 +122,19 @@ def unpaired_auc(good: Sequence[float | None], bad: Sequence[float | None]) -> f
         return None
     wins = sum(0.5 if g == b else float(g > b) for g in gs for b in bs)
     return round(wins / (len(gs) * len(bs)), 4)
+
+
+def grade_noise(good: Sequence[float | None], bad: Sequence[float | None]) -> float | None:
+    """The judge's spread at a fixed quality: the pooled standard deviation of its grades within the
+    known-good answers and within the known-bad ones. A critique-ranked DPO pair whose margin is not
+    above it is indistinguishable from two answers of the same quality (datagen/output/finalize.py)."""
+    spreads = []
+    for values in (good, bad):
+        known = [v for v in values if v is not None]
+        if len(known) >= 2:
+            mean = sum(known) / len(known)
+            spreads.append(sum((v - mean) ** 2 for v in known) / (len(known) - 1))
+    return round((sum(spreads) / len(spreads)) ** 0.5, 4) if spreads else None
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -60,13 +60,51 @@ DPO_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("prompt",
                         ("chosen", _MESSAGES), ("rejected", _MESSAGES),
                         ("score_chosen", pa.float64()), ("score_rejected", pa.float64()),
                         ("pair_source", pa.string())])
-_DATA_COLUMNS = ["id", "domain", "instruction", "response", "responses", "critique", "consistency", "objective"]
-_REJECT_COLUMNS = ["id", "domain", "reject_stage", "reject_reason", "reject_detail", "critique"]
+_DATA_COLUMNS = ["id", "domain", "instruction", "response", "responses", "critique", "consistency", "objective",
+                 "tests", "seed_text"]
+_REJECT_COLUMNS = ["id", "domain", "reject_stage", "reject_reason", "reject_detail", "critique", "consistency",
+                   "responses"]
 VERIFIED_PAIR, CRITIQUE_PAIR = "verified", "critique"
 
 
 def _verified_item(row: dict) -> bool:
     return (row.get("consistency") or {}).get("outcome") == "verified"
+
+
+def _referenced(row: dict) -> bool:
+    return (row.get("consistency") or {}).get("method") == "reference" or (
+        bool(row.get("tests")) and row.get("instruction") == row.get("seed_text"))
+
+
+def _distinct(responses: list[dict], verdict: str, limit: int) -> list[dict]:
+    """Up to `limit` responses with `verdict`, each text once, in sampling order."""
+    seen, out = set(), []
+    for r in responses:
+        if r.get("verdict") == verdict and r.get("text") and r["text"] not in seen and len(out) < limit:
+            seen.add(r["text"])
+            out.append(r)
+    return out
+
+
+def sft_rows(row: dict, per_prompt: int) -> list[dict]:
+    """A referenced item gives up to `per_prompt` distinct right answers (rejection sampling); any other
+    kept record its one chosen answer (`sft_row`)."""
+    if not _referenced(row):
+        return [r for r in [sft_row(row)] if r is not None]
+    return [{"id": row["id"], "domain": row["domain"],
+             "messages": [{"role": "user", "content": row["instruction"]},
+                          {"role": "assistant", "content": r["text"]}]}
+            for r in _distinct(row.get("responses") or [], "verified", per_prompt)]
+
+
+def dpo_rows(row: dict, per_prompt: int, min_margin: float = 0.0) -> list[dict]:
+    """A referenced item: up to `per_prompt` pairs of a distinct right and a distinct proven-wrong answer of
+    the same prompt (`pair_source: verified`); any other record its one pair (`dpo_row`)."""
+    if not _referenced(row):
+        return [r for r in [dpo_row(row, min_margin)] if r is not None]
+    responses = row.get("responses") or []
+    right, wrong = _distinct(responses, "verified", per_prompt), _distinct(responses, "wrong", per_prompt)
+    return [_pair(row, good, bad, VERIFIED_PAIR) for good, bad in zip(right, wrong)]
 
 
 def sft_row(row: dict) -> dict | None:
@@ -87,10 +125,11 @@ def _score(response: dict) -> float | None:
     return None if score is None or math.isnan(score) else float(score)
 
 
-def dpo_row(row: dict) -> dict | None:
+def dpo_row(row: dict, min_margin: float = 0.0) -> dict | None:
     """A verified pair when the item is verified and an answer was proven wrong (chosen: the chosen,
     verified answer; rejected: the first wrong one); else the best vs the worst answer by critique
-    score (ties: the earliest answer; never a proven-wrong answer as chosen). None when neither exists."""
+    score (ties: the earliest answer; never a proven-wrong answer as chosen) when the margin is above
+    `min_margin` (the judge's own grade noise, measured by the judge check). None when neither exists."""
     if not row.get("instruction"):
         return None
     responses = [r for r in row.get("responses") or [] if r.get("text")]
@@ -104,7 +143,7 @@ def dpo_row(row: dict) -> dict | None:
     best = max(((s, i, r) for s, i, r in scored if r.get("verdict") != "wrong"), key=lambda t: (t[0], -t[1]),
                default=None)
     worst = min(scored, key=lambda t: (t[0], t[1]))
-    if best is None or best[0] <= worst[0]:
+    if best is None or best[0] - worst[0] <= min_margin:
         return None
     return _pair(row, best[2], worst[2], CRITIQUE_PAIR)
 
@@ -118,7 +157,8 @@ def _pair(row: dict, chosen: dict, rejected: dict, source: str) -> dict:
 
 
 # ---------------------------------------------------------------- finalize ----------------------
-def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float, judge_check: dict | None = None) -> dict:
+def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float, judge_check: dict | None = None,
+             sft_per_prompt: int = 4, pairs_per_prompt: int = 2) -> dict:
     """After the pipeline: views, stats.json, README.md and report/ from data/ and rejects/.
 
     `stats` is {stage: {"in", "kept", "out", "rejected": {reason: n}}} in pipeline order (see
@@ -130,6 +170,7 @@ def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float, judge
     if not match_files(data_dir, f"{SPLIT}-*-of-*.parquet"):
         raise FileNotFoundError(f"no Parquet shards in {data_dir}: did the pipeline's WriteRecords run?")
     tally, quality_tally = report.Tally(), quality.QualityTally()
+    min_margin = (judge_check or {}).get("grade_noise") or 0.0  # a critique pair inside the judge's noise teaches nothing
     views, dpo_sources = {SFT: 0, DPO: 0}, {}
     for view in views:
         _clear(FileSystems.join(out_dir, view))
@@ -138,17 +179,21 @@ def finalize(out_dir: str, stats: dict, config: dict, wall_seconds: float, judge
         for row in rows:
             tally.add("kept", row)
             quality_tally.add_kept(row)
-        for view, to_row, schema in ((SFT, sft_row, SFT_SCHEMA), (DPO, dpo_row, DPO_SCHEMA)):
-            view_rows = [v for v in map(to_row, rows) if v is not None]
+            quality_tally.add_referenced(row)
+        for view, to_rows, schema in ((SFT, lambda r: sft_rows(r, sft_per_prompt), SFT_SCHEMA),
+                                      (DPO, lambda r: dpo_rows(r, pairs_per_prompt, min_margin), DPO_SCHEMA)):
+            view_rows = [v for row in rows for v in to_rows(row)]
             views[view] += len(view_rows)
             for v in view_rows if view == DPO else []:
                 dpo_sources[v["pair_source"]] = dpo_sources.get(v["pair_source"], 0) + 1
+                quality_tally.add_pair(v)
             path = FileSystems.join(out_dir, view, shard_name(index, num_shards))
             write_bytes(path, parquet_bytes(pa.Table.from_pylist(view_rows, schema=schema)))
     for _, _, table in read_shards(rejects_dir, _REJECT_COLUMNS):
         for row in table.to_pylist():
             tally.add("rejected", row)
             quality_tally.add_rejected(row)
+            quality_tally.add_referenced(row)
 
     summary = report.summarize(stats, tally, views, wall_seconds)
     summary["judge_check"] = judge_check

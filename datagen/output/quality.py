@@ -32,6 +32,8 @@ class QualityTally:
         self.outcomes: dict[str, int] = {}
         self.objective = {"kept": 0, "verified": 0, "unverifiable": 0}
         self.contamination: dict[str, dict[str, int]] = {"by_reason": {}, "by_benchmark": {}}
+        self.referenced: dict[str, list[tuple[int, int]]] = {}  # domain → (right, sampled) per referenced item
+        self.margins: dict[str, list[float]] = {}  # pair_source → chosen − rejected score of the pairs kept
 
     def add_kept(self, row: dict) -> None:
         if row.get("response"):
@@ -44,6 +46,22 @@ class QualityTally:
             self.objective["kept"] += 1
             if outcome in ("verified", "unverifiable"):
                 self.objective[outcome] += 1
+
+    def add_referenced(self, row: dict) -> None:
+        """A referenced item's answers, right or not, kept or rejected (pass rates per domain)."""
+        if (row.get("consistency") or {}).get("method") != "reference" and not (
+                (row.get("consistency") or {}).get("method") == "code" and row.get("tests")
+                and row.get("instruction") == row.get("seed_text")):
+            return
+        verdicts = [r.get("verdict") for r in row.get("responses") or []]
+        if verdicts:
+            self.referenced.setdefault(row.get("domain") or "general", []).append(
+                (verdicts.count("verified"), len(verdicts)))
+
+    def add_pair(self, pair: dict) -> None:
+        chosen, rejected = pair.get("score_chosen"), pair.get("score_rejected")
+        if chosen is not None and rejected is not None:
+            self.margins.setdefault(pair["pair_source"], []).append(round(chosen - rejected, 4))
 
     def add_rejected(self, row: dict) -> None:
         if row.get("reject_stage") != "decontam":
@@ -68,7 +86,26 @@ class QualityTally:
             "duplicates_removed": sum((stages.get("dedup") or {}).get("rejected", {}).values()),
             "contamination": {"hits": sum(self.contamination["by_reason"].values()), **self.contamination},
             "dpo_pairs": dict(sorted(dpo_sources.items())),
+            "pair_margins": {source: float_distribution(values) for source, values in sorted(self.margins.items())},
+            "pass_rates": {domain: pass_rates(items) for domain, items in sorted(self.referenced.items())},
         }
+
+
+def pass_rates(items: list[tuple[int, int]]) -> dict:
+    """Referenced items of one domain: pass@1 (mean share of right samples), pass@k (share of items with
+    at least one right answer among their k samples), k as sampled."""
+    ks = sorted({n for _, n in items})
+    return {"items": len(items), "k": ks[0] if len(ks) == 1 else ks,
+            "pass@1": round(sum(right / n for right, n in items) / len(items), 4),
+            "pass@k": round(sum(right > 0 for right, _ in items) / len(items), 4),
+            "right_answers": sum(right for right, _ in items)}
+
+
+def float_distribution(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"n": len(ordered), "min": ordered[0], "p10": ordered[int(0.1 * len(ordered))],
+            "median": ordered[len(ordered) // 2], "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            "max": ordered[-1]}
 
 
 def _bump(counts: dict[str, int], key: str) -> None:
@@ -122,6 +159,14 @@ def markdown_rows(quality: dict) -> list[list[str]]:
             if contamination["hits"] else "")],
         ["DPO pairs by provenance", ", ".join(f"{k} {v}" for k, v in quality["dpo_pairs"].items()) or "none"],
     ]
+    for source, margin in (quality.get("pair_margins") or {}).items():
+        rows.append([f"score margin of {source} pairs (chosen − rejected)",
+                     f"median {margin['median']:.3f}, p10 {margin['p10']:.3f}, p90 {margin['p90']:.3f}, "
+                     f"min {margin['min']:.3f} over {margin['n']} pairs"])
+    for domain, rates in (quality.get("pass_rates") or {}).items():
+        rows.append([f"referenced {domain} items: pass@1 / pass@k (k={rates['k']})",
+                     f"{rates['pass@1']:.1%} / {rates['pass@k']:.1%} over {rates['items']} items "
+                     f"(pass@k: the share with at least one right answer; {rates['right_answers']} right answers)"])
     return rows
 
 

@@ -49,6 +49,14 @@ class OutputConfig:
                                   "never printed")
     private: bool = option(True, "a new hub repo is private unless this is false")
     license: str = option("apache-2.0", "card license of the generated data; check your seeds' and models' terms")
+    sft_per_prompt: int = option(4, "SFT rows per referenced item: its distinct right answers, at most this many "
+                                    "(rejection sampling); other items give their one chosen answer")
+    pairs_per_prompt: int = option(2, "DPO pairs per referenced item: a distinct right answer against a distinct "
+                                      "wrong one, at most this many")
+
+    def __post_init__(self) -> None:
+        if self.sft_per_prompt < 1 or self.pairs_per_prompt < 1:
+            raise ValueError("sft_per_prompt and pairs_per_prompt must be at least 1")
 
 
 # ---------------------------------------------------------------- writing shards (Beam) --------

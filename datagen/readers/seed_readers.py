@@ -6,7 +6,9 @@ chosen by file name (`.gz`, `.bz2`, ... compression is detected by Beam):
 - Parquet (`.parquet`) and Arrow IPC shards (`.arrow`, as `datasets`' save_to_disk writes them);
 - plain text (`.txt`, `.md`): one document per file.
 Fields: `text` (required), `domain` (optional, else `default_domain`), `source` (optional, else
-`path:line` for JSONL lines, `path#row` for table rows, the path for text files).
+`path:line` for JSONL lines, `path#row` for table rows, the path for text files). A row with
+`instruction` instead is a given item (`given_item`): used as written, with an optional `reference`
+(exact final answer) or `tests` that its answers are checked against.
 
 Reject reasons: not_utf8, invalid_json, missing_text, invalid_field (domain/source not a string),
 empty_text, too_short, oversized, unsupported_format (a file type we cannot read), unreadable (a
@@ -79,7 +81,9 @@ def make_seed(text: str, domain: str, source: str, where: str, cfg: SeedLimits) 
 
 
 def seed_from_fields(fields: dict, where: str, cfg: SeedLimits) -> Record:
-    """A seed from a parsed JSON object or table row."""
+    """A seed from a parsed JSON object or table row (one with `instruction`: a given item)."""
+    if "instruction" in fields:
+        return given_item(fields, where, cfg)
     text = fields.get("text")
     if isinstance(text, bytes):  # a binary Parquet/Arrow column
         try:
@@ -101,6 +105,31 @@ def seed_from_fields(fields: dict, where: str, cfg: SeedLimits) -> Record:
                           text.encode("utf-8", "replace").decode("utf-8"))
     domain = (fields.get("domain") or "").strip().lower() or cfg.default_domain
     return make_seed(text, domain, fields.get("source") or where, where, cfg)
+
+
+def given_item(fields: dict, where: str, cfg: SeedLimits) -> Record:
+    """A ready-made item: `instruction` is used as written (its seed text too), with an optional check:
+    `reference` (the exact final answer, a string or number) or `tests` (assert lines calling the function).
+    A referenced item skips generate, evolve and the domain cap; its answers are judged against the
+    check (datagen/stages/consistency.py). No min_chars: "Compute 3 + 4." is a whole question."""
+    values = {name: fields.get(name) for name in ("instruction", "reference", "tests", "domain", "source")}
+    if isinstance(values["reference"], (int, float)) and not isinstance(values["reference"], bool):
+        values["reference"] = str(values["reference"])
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str):
+            return reject(where, "invalid_field", f"'{name}' is {type(value).__name__}, expected a string",
+                          str(values["instruction"] or ""))
+        if isinstance(value, str) and not _encodable(value):
+            return reject(where, "not_utf8", f"'{name}' holds a lone surrogate (\\ud800-\\udfff escape)")
+    text = (values["instruction"] or "").strip()
+    if not text:
+        return reject(where, "empty_text", "instruction is blank")
+    if len(text) > cfg.max_chars:
+        return reject(where, "oversized", f"{len(text):,} chars > max_chars {cfg.max_chars:,}", text)
+    reference, tests = (values["reference"] or "").strip(), (values["tests"] or "").strip()
+    domain = (values["domain"] or "").strip().lower() or cfg.default_domain
+    return Record(seed_id=content_hash(text), domain=domain, source=values["source"] or where, seed_text=text,
+                  instruction=text, objective=bool(reference or tests), reference=reference, tests=tests)
 
 
 def _encodable(text: str) -> bool:

@@ -18,6 +18,12 @@ the DPO view's best `rejected`) or `unverified`; the item gets an `outcome`.
   clean run is `unverified`, since no test was executed) and the item continues as subjective with
   outcome `unverifiable`: the critique decides, and its answers never count as verified.
 
+- referenced items (a seed gave `reference`, the exact final answer): each answer is judged against
+  the reference, not against the other samples: equal by math-verify is `verified` (right), proven
+  different `wrong`, unreadable `unverified`; method `reference`, agreement = share right, outcome
+  `verified` when at least one answer is right, else rejected `no_right_answer`. A given code item's
+  tests are its reference: one passing answer verifies it.
+
 Rejections: `too_few_answers` (fewer than `min_answers` responses), `no_final_answer` (nothing
 extractable in any response), `inconsistent` (detail `agreement=0.25 answers=[...]`), `all_answers_fail`
 (no tests, and every program crashed). Non-objective records pass with method `skipped`, outcome
@@ -133,7 +139,35 @@ class ConsistencyFn(RecordFn):
                                    f"{len(record.responses)} responses, need {self.cfg.min_answers}")
         if method == "code":
             return self.check_code(record)
+        if record.reference.strip():
+            return self.check_reference(record, method)
         return self.check_answers(record, method)
+
+    def check_reference(self, record: Record, method: str) -> Record:
+        """Each answer against the seed's exact answer, not against the other samples: equal is `verified`
+        (right), proven different `wrong`, nothing readable `unverified`. Kept when one answer is right."""
+        answers = final_answers(record, method)
+        shown, reference = [a.shown for a in answers], record.reference.strip()
+        same = math_equivalent if method == "math" else _equal
+
+        def verdict(answer: Answer) -> str:
+            if not answer.shown:
+                return UNVERIFIED
+            if _same(same, answer.value, reference if method == "math" else extract_short_answer(reference)):
+                return VERIFIED
+            if method == "math" and not math_differs(answer.shown, reference):
+                return UNVERIFIED  # neither equal nor provably different (e.g. unparseable)
+            return WRONG
+
+        verdicts = [verdict(a) for a in answers]
+        right = verdicts.count(VERIFIED)
+        record = self._decided(record, shown, verdicts, reference, right / len(answers), "reference",
+                               VERIFIED if right else WRONG)
+        if not right:
+            return record.rejected(STAGE, "no_right_answer",
+                                   f"0 of {len(answers)} answers equal the reference {reference!r}; read: "
+                                   f"{json.dumps([s[:80] for s in shown], ensure_ascii=False)}")
+        return record
 
     def check_answers(self, record: Record, method: str) -> Record:
         answers = final_answers(record, method)
@@ -167,8 +201,11 @@ class ConsistencyFn(RecordFn):
                                        "no tests; every program failed: " + json.dumps(shown, ensure_ascii=False))
             return self._decided(record, shown, verdicts, "", 0.0, "code", UNVERIFIABLE)
         agreement = verdicts.count(VERIFIED) / len(verdicts)
+        if record.referenced and agreement:  # a given item's tests are its reference: one pass is enough
+            return self._decided(record, shown, verdicts, "pass", agreement, "code", VERIFIED)
         if agreement < self.cfg.threshold or not agreement:
-            return self._inconsistent(record, agreement, shown, False)
+            failed = self._decided(record, shown, verdicts, "", agreement, "code", WRONG)  # verdicts kept
+            return self._inconsistent(failed, agreement, shown, False)
         return self._decided(record, shown, verdicts, "pass", agreement, "code", VERIFIED)
 
     def _inconsistent(self, record: Record, agreement: float, shown: list[str], tie: bool) -> Record:

@@ -6,7 +6,8 @@ are known for the DPO view); on an objective item verification already settled, 
 answers are candidates, and an answer proven wrong never is (`Record.answer_candidates`). Each
 answer's `score` is its critique mean; the best becomes `record.response` and its critique
 `record.critique`. Rejections: `low_critique_score` (best mean below `min_mean`, or one aspect below
-`min_each`), `critique_unparseable` (no critique could be read), `no_candidates`.
+`min_each`), `critique_unparseable` (no critique could be read), `no_candidates`. A referenced item
+(checked against its seed's reference) is not judged: its first right answer becomes `response`.
 
 Grades: with `grading: logprobs` the judge returns its token probabilities and each aspect's grade is
 the expected tier Σ s·p(s) at the position where it wrote the score (G-Eval); backends without
@@ -207,6 +208,8 @@ class CritiqueFn(LLMStageFn):
     def requests(self, record: Record) -> list[Request] | Record:
         if not record.responses:
             return record.rejected(STAGE, "no_responses", "nothing to critique")
+        if record.referenced and record.verified:  # its answers were checked against the seed's own reference
+            return dataclasses.replace(record, response=record.responses[record.answer_candidates()[0]].text)
         candidates = record.answer_candidates()
         if not candidates:
             verdicts = [r.verdict for r in record.responses]

@@ -14,7 +14,8 @@ verified twin ranks lower; rank = (record id, hash of the whole record), so exac
 ordered too. Every decision depends only on the set of records, never on input order or Beam
 bundling, and needs no iteration. In a chain A~B~C where A and C differ, C still goes when B
 ranks below it, even though B itself goes (connected-component dedup would drop it as well).
-Records whose instruction has no words are never twins. A bucket of k candidates costs up to
+Records whose instruction has no words, and referenced items (a seed's problem with its own answer:
+templated problems differ in their numbers, not their words), are never twins. A bucket of k candidates costs up to
 k² comparisons; comparing stops at a record's first twin, so copies are cheap.
 """
 from __future__ import annotations
@@ -88,7 +89,9 @@ class BandKeys(beam.DoFn):
         return minhash.hashvalues.astype("<u4").tobytes()
 
     def process(self, record: Record):
-        sig = self.signature(record.instruction)
+        # A referenced item is a problem with its own answer: "Compute 17 × 6." and "Compute 17 × 8." share
+        # most shingles but are different problems. They are never twins (exact copies share an id).
+        sig = None if record.referenced else self.signature(record.instruction)
         if sig is None:
             return
         width = 4 * self.rows

@@ -233,6 +233,8 @@ class EvolveFn(LLMStageFn):
 
     def _plan(self, record: Record) -> tuple[str | None, tuple[str, str] | None]:
         """(operation to run or None, the context gap clarify must fill)."""
+        if record.referenced:  # a rewrite would no longer match the seed's answer or tests
+            return None, None
         if self.operation == "clarify":
             gap = missing_context(record.instruction)
             if gap or self.cfg.clarify == "all":

@@ -9,6 +9,7 @@ compile and call a function the instruction names. An item counts as an instruct
 a "?", starts with an imperative or question word, or uses a request verb, and does not open
 like an answer (`looks_like_instruction` / `looks_like_answer` in datagen/filters/text.py). Then
 `DomainCap` keeps at most `max_per_domain` records per domain (lowest ids win, so reruns agree).
+A given item (a seed row with `instruction`) passes both unchanged: it is already an instruction.
 """
 from __future__ import annotations
 
@@ -213,6 +214,8 @@ class GenerateFn(LLMStageFn):
                                      top_p=cfg.top_p, seed=cfg.seed)
 
     def requests(self, record: Record) -> list[Request] | Record:
+        if record.instruction.strip():  # a given item (a seed row with `instruction`): used as written
+            return record
         if not record.seed_text.strip():
             return record.rejected(STAGE, "empty_seed", "the seed has no text")
         return [Request.chat(build_prompt(record, self.cfg)[2], params=self.params)]
@@ -244,7 +247,7 @@ class _CapFn(RecordFn):
         yield from super().process(record)
 
     def transform(self, record: Record) -> Record:
-        if record.id <= self._cutoffs.get(record.domain, ""):
+        if record.referenced or record.id <= self._cutoffs.get(record.domain, ""):
             return record
         return record.rejected(CAP_STAGE, "domain_cap",
                                f"domain {record.domain!r} is capped at {self.limit} records (lowest ids kept)")
@@ -261,7 +264,8 @@ class DomainCap(beam.PTransform):
         self.limit = limit
 
     def expand(self, pcoll):
-        cutoffs = (pcoll | "DomainIds" >> beam.Map(lambda r: (r.domain, r.id))
+        cutoffs = (pcoll | "Generated" >> beam.Filter(lambda r: not r.referenced)  # given items are not capped
+                   | "DomainIds" >> beam.Map(lambda r: (r.domain, r.id))
                    | "LowestIds" >> beam.combiners.Top.SmallestPerKey(self.limit)
                    | "Cutoff" >> beam.MapTuple(lambda domain, ids: (domain, max(ids))))
         outs = pcoll | "Cap" >> beam.ParDo(_CapFn(self.limit), beam.pvalue.AsDict(cutoffs)).with_outputs(

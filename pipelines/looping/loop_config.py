@@ -32,6 +32,9 @@ class PromptsSection:
 
     count: int = option(1200, "math problems generated (levels 1-4 interleaved), before the eval-overlap check")
     seed: int = option(1, "generator seed (the eval set was written with another)")
+    referenced: int = option(400, "the first N problems also go through the synth step as referenced seeds: "
+                                  "their right answers (math-verify against the exact answer) become SFT rows, "
+                                  "right vs wrong DPO pairs; 0: the synth step reads its own seeds only")
 
 
 @dataclass
@@ -78,6 +81,8 @@ class LoopConfig:
                 raise ConfigError(f"variants: name {name!r} must be letters, digits, - or _ (it names a directory)")
         if self.prompts.count < 1:
             raise ConfigError(f"prompts.count: expected at least 1, got {self.prompts.count}")
+        if self.prompts.referenced < 0:
+            raise ConfigError(f"prompts.referenced: expected 0 or more, got {self.prompts.referenced}")
 
 
 def read_loop_yaml(path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:

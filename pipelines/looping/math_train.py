@@ -187,6 +187,13 @@ def make_problems(count: int, seed: int) -> list[dict]:
     return rows
 
 
+def as_seed(row: dict) -> dict:
+    """A problem as a referenced seed for pipelines.synth: the question as written, its exact answer as
+    the reference (checked against the answers, never shown to a model)."""
+    return {"instruction": row["prompt"], "reference": row["reference"], "domain": "math",
+            "source": f"math_train:level{row['level']}:{row['kind']}"}
+
+
 def disjoint_from_eval(rows: list[dict], eval_questions: list[str], n: int = 8) -> tuple[list[dict], dict]:
     """Rows sharing no normalised question and no `n`-word run with an eval question; counts of drops."""
     whole = {tuple(normalized_words(q)) for q in eval_questions}
