@@ -6,15 +6,16 @@ takes any other field of `trl.DPOConfig`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from datagen.config_loader import ConfigError, option
 from posttrain.ema import EMAConfig
-from posttrain.hub import HUB_FIXED, check_repo_id
+from posttrain.hub import HUB_FIXED
 from posttrain.model_loading import ModelSpec
 from posttrain.moe.recipe import MoEConfig
 from posttrain.online.online_config import OnlineConfig
 from posttrain.online.rm_refresh import RefreshConfig
+from posttrain.trainers.run_config import RunConfig
 from rewards.scoring import RewardConfig
 
 FIXED = {
@@ -27,8 +28,12 @@ FIXED = {
 
 
 @dataclass
-class DPORunConfig:
-    """One DPO run: policy, offline pairs, online rounds, reward, loss, EMA and operations."""
+class DPORunConfig(RunConfig):
+    """One DPO run: policy, offline pairs, online rounds, reward, loss, EMA and operations (the shared run
+    fields: RunConfig)."""
+
+    TRL_CONFIG: ClassVar[str] = "DPOConfig"
+    FIXED: ClassVar[dict[str, str]] = FIXED
 
     output_dir: str = option("out/dpo", "checkpoints, TensorBoard logs (runs/), rounds/ logs, final model and card")
     dataset: str = option("out/synth", "offline pairs: datagen output dir (dpo view), save_to_disk dir, file, "
@@ -47,11 +52,8 @@ class DPORunConfig:
     learning_rate: float = option(5e-7, "peak LR of the base parameter groups")
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = option(
         "cosine", "LR decay shape over all rounds")
-    warmup_steps: int = option(0, "linear warm-up steps")
     weight_decay: float = option(0.0, "AdamW weight decay (norm weights never decay)")
     max_grad_norm: float = option(1.0, "gradient clipping")
-    per_device_train_batch_size: int = option(4, "pairs per device and micro-batch")
-    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     beta: float = option(0.1, "DPO temperature: higher keeps the policy closer to the reference")
     loss_type: list[str] = option(["sigmoid", "sft"], "DPO + SFT (NLL) on the chosen answer")
     loss_weights: list[float] = option([1.0, 1.0], "one weight per loss_type")
@@ -61,24 +63,13 @@ class DPORunConfig:
     ref_model_mixup_alpha: float = option(0.6, "α in ref ← α·policy + (1 − α)·ref")
     ref_model_sync_steps: int = option(64, "steps between reference updates")
     gradient_checkpointing: bool = option(False, "trade compute for memory on big models")
-    bf16: bool = option(False, "bfloat16 mixed precision (GPUs; leave off on CPU)")
     logging_steps: int = option(1, "optimizer steps between log lines / TensorBoard points")
     save_steps: int = option(0, "optimizer steps between checkpoints (only for resume: weights reach the "
                                 "sampler without them); 0 = at the end of every online round")
-    keep_checkpoints: int = option(2, "complete checkpoints kept on disk")
     resume: str = option("auto", "auto = newest finished round in output_dir if any; never; or a checkpoint path")
-    report_to: str = option("tensorboard", "tensorboard (offline, DIR/runs/dpo) | none | any transformers integration")
     seed: int = option(42, "data order and mixing; online sampling uses seed + round index")
-    push_to_hub: str = option("", "after the final save, upload model, tokenizer and card to this hub model repo "
-                                  "(token: HF_TOKEN); empty = no upload")
-    hub_private_repo: bool = option(True, "a repo that push_to_hub creates is private unless false")
-    trl_args: dict[str, Any] = option({}, "any other field of trl.DPOConfig, by its own name (checked against it)")
 
     def __post_init__(self) -> None:
-        from trl import DPOConfig
-
-        from posttrain.trainers.trl_args import check_trl_args
-
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (online rounds split a step budget), got {self.max_steps}")
         if self.save_steps < 0:
@@ -90,8 +81,7 @@ class DPORunConfig:
             raise ValueError(f"loss_weights needs one weight per loss_type: {self.loss_type} vs {self.loss_weights}")
         if self.rm_refresh.enabled and self.reward.kind != "classifier":
             raise ValueError("rm_refresh needs reward.kind: classifier (only a reward model can be retrained)")
-        check_repo_id(self.push_to_hub)
-        self.trl_args = check_trl_args(DPOConfig, self.trl_args, self, FIXED)
+        super().__post_init__()
 
     @property
     def checkpoint_every(self) -> int:
