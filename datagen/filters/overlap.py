@@ -1,9 +1,18 @@
-"""How much of a benchmark item a text contains: the three tests of the decontam stage.
+"""How much of a benchmark item a text contains: the four tests of the decontam stage.
 
-Words are datagen.filters.text.words (NFKC, case-folded, punctuation dropped, each Han character a word).
+Words are `match_words`: datagen.filters.text.words (NFKC, case-folded, punctuation dropped, each Han
+character a word) of the text after `fold` — Traditional Chinese folded to Simplified (OpenCC's character
+table, datagen/data/ts_characters.txt) and thousands separators dropped ("1,200" = "1200"), the same
+on both sides.
 
 - exact (`ExactIndex`): the text shares one `n`-gram with an item (13: the GPT-3 test); items shorter
   than `n` but at least `min_n` words are matched whole.
+- short (`ShortIndex`): an item under `n` words (132 of the 300 math items have fewer than 8: no n-gram
+  test sees them) equals a sentence of the text, or a run of its sentences, after normalisation
+  (`short_key`): numbers and operators as tokens ("plus" = "+", "3 x 4" = "3 × 4", "40 percent" =
+  "40%", "3加4" = "3 + 4"), content words stemmed, stopwords and framing words ("what is", "compute",
+  "calculate", "find", "请计算", "等于多少") dropped. "Compute 3+4." is "What is 3 + 4?"; "What is
+  3 + 5?" is not, nor is "3 + 4 = 7" (a sentence that solves the item does not state it).
 - overlap (`OverlapIndex`, Tülu 3): the share of an item's words covered by the `n`-grams (8) it
   shares with the text; at or above `threshold` (0.5) the text contains most of the item, edits and
   all.
@@ -21,10 +30,15 @@ Every index maps an item back to its label (benchmark name and item id), which r
 from __future__ import annotations
 
 import difflib
+import functools
 import re
+import unicodedata
 from collections import defaultdict
+from pathlib import Path
 
-from datagen.filters.text import words
+from datagen.filters.text import HAN_CHAR, words
+
+TS_TABLE = Path(__file__).resolve().parents[1] / "data" / "ts_characters.txt"
 
 _STOPWORDS = set("""a an the of in on at to for from by with and or but not no is are was were be been being am do does
 did has have had it its this that these those there here which who whom whose what when where why how
@@ -35,9 +49,33 @@ _DOCSTRING = re.compile(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', re.S)
 _EXAMPLES = re.compile(r"^\s*(?:>>>|for example|example|examples|e\.g\.|note:)", re.I | re.M)
 
 
+@functools.cache
+def _to_simplified() -> dict[int, str]:
+    table = {}
+    for line in TS_TABLE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            traditional, simplified = line.split("\t")
+            table[ord(traditional)] = simplified
+    return table
+
+
+_THOUSANDS = re.compile(r"(?<![\d,.])\d{1,3}(?:,\d{3})+(?![\d]|,\d)")
+
+
+def fold(text: str) -> str:
+    """NFKC, Traditional Chinese as Simplified, numbers without thousands separators ("1,200" → "1200")."""
+    text = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
+    return unicodedata.normalize("NFKC", text).translate(_to_simplified())
+
+
+def match_words(text: str) -> list[str]:
+    """The words every test compares: `words` of the folded text."""
+    return words(fold(text))
+
+
 def content_words(text: str) -> list[str]:
     out = []
-    for word in words(text):
+    for word in match_words(text):
         if word in _STOPWORDS or (len(word) == 1 and word.isascii() and not word.isdigit()):
             continue
         out.append(_stem(word))
@@ -78,7 +116,7 @@ class ExactIndex:
         self.lengths: set[int] = set()
 
     def add(self, text: str, label: str) -> None:
-        tokens = words(text)
+        tokens = match_words(text)
         if len(tokens) < self.min_n:
             return
         size = min(len(tokens), self.n)
@@ -88,12 +126,90 @@ class ExactIndex:
 
     def find(self, text: str) -> tuple[str, str] | None:
         """(label, n-gram) of the first shared n-gram in `text`, or None."""
-        tokens = words(text)
+        tokens = match_words(text)
         for size in sorted(self.lengths, reverse=True):
             for i in range(len(tokens) - size + 1):
                 gram = " ".join(tokens[i:i + size])
                 if gram in self.grams:
                     return self.grams[gram], gram
+        return None
+
+
+_HAN = HAN_CHAR.pattern[1:-1]
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORD = re.compile(rf"\b(?:({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS[1:10])}))?|({'|'.join(_UNITS)}))\b")
+_NUM = r"\d+(?:\.\d+)?"
+# Spellings of one operator, and the framing of a question, rewritten before the key is read.
+_KEY_REWRITES = [(re.compile(p), r) for p, r in [
+    (r"(?<=\d)\s*[x*·]\s*(?=\d)", " × "), (r"\bmultiplied by\b|\btimes\b", " × "),
+    (r"\bdivided by\b|/", " ÷ "), (r"\bplus\b", " + "), (r"\bminus\b|[−–—]", " - "),
+    (r"\bper ?cent\b", " % "), (r"\bis equal to\b|\bequals?\b", " = "),
+    (rf"(?<=\d)\s*(?:加上|加)\s*(?=\d)", " + "), (rf"(?<=\d)\s*(?:减去|减)\s*(?=\d)", " - "),
+    (rf"(?<=\d)\s*(?:乘以|乘)\s*(?=\d)", " × "), (rf"(?<=\d)\s*除以\s*(?=\d)", " ÷ "),
+    (rf"百分之\s*({_NUM})", r" \1% "), (rf"({_NUM})\s*的\s*({_NUM})\s*%", r" \2% of \1 "),
+    (r"(?:等于|是|得)(?:多少|几)|请|计算|求出|求", " "), (r"等于", " = "),
+]]
+_KEY_TOKEN = re.compile(rf"{_NUM}|[-+×÷%=^<>]|[{_HAN}]|(?:(?![{_HAN}])[^\W\d_])+")
+_FRAMING = set("""what compute calculate calculation evaluate find work out value result answer determine tell much
+quickly exactly solve""".split())
+_SENTENCE = re.compile(r"\.(?=\s|$)|(?<!\d):|:(?!\d)|[?!;。\n]")
+
+
+def _number(match: re.Match) -> str:
+    tens, unit, alone = match.groups()
+    if alone:
+        return str(_UNITS.index(alone))
+    return str(20 + 10 * _TENS.index(tens) + (_UNITS.index(unit) if unit else 0))
+
+
+def short_key(text: str) -> tuple[str, ...]:
+    """What a short item states, in a form its restatements share: numbers, operators and stemmed
+    content words in order ("Compute 3+4." and "What is 3 + 4?" → ('3', '+', '4'))."""
+    text = _NUMBER_WORD.sub(_number, fold(text).casefold())
+    for pattern, replacement in _KEY_REWRITES:
+        text = pattern.sub(replacement, text)
+    key = [_stem(t) for t in _KEY_TOKEN.findall(text) if t not in _STOPWORDS and t not in _FRAMING]
+    while key and key[-1] == "=":  # "3 + 4 = ?" asks what "3 + 4" asks
+        key.pop()
+    return tuple(key)
+
+
+def sentence_keys(text: str) -> list[tuple[str, ...]]:
+    """`short_key` of every sentence (clause ending in . ? ! ; : or a line break) that has one."""
+    return [key for key in map(short_key, _SENTENCE.split(fold(text))) if key]
+
+
+class ShortIndex:
+    """Items under `n` words, matched whole after normalisation: a sentence of the text, or a run of
+    consecutive sentences, has the item's `short_key` (at least `min_tokens` tokens)."""
+
+    def __init__(self, n: int, min_tokens: int = 2) -> None:
+        self.n, self.min_tokens = n, min_tokens
+        self.keys: dict[tuple[str, ...], str] = {}
+        self.sentences = 1  # the most sentences of an indexed item
+
+    def add(self, text: str, label: str) -> None:
+        if len(match_words(text)) >= self.n:
+            return
+        parts = sentence_keys(text)
+        key = tuple(t for part in parts for t in part)
+        if len(key) >= self.min_tokens:
+            self.keys.setdefault(key, label)
+            self.sentences = max(self.sentences, len(parts))
+
+    def find(self, text: str) -> tuple[str, str] | None:
+        """(label, the matched key as text) of the first item `text` states whole, or None."""
+        if not self.keys:
+            return None
+        parts = sentence_keys(text)
+        for start in range(len(parts)):
+            key: tuple[str, ...] = ()
+            for part in parts[start:start + self.sentences]:
+                key += part
+                if key in self.keys:
+                    return self.keys[key], " ".join(key)
         return None
 
 
@@ -106,7 +222,7 @@ class OverlapIndex:
         self.items: list[tuple[str, int]] = []  # (label, length in words)
 
     def add(self, text: str, label: str) -> None:
-        tokens = words(text)
+        tokens = match_words(text)
         if len(tokens) < self.n:
             return
         item = len(self.items)
@@ -116,7 +232,7 @@ class OverlapIndex:
 
     def find(self, text: str) -> tuple[str, float] | None:
         """(label, covered share) of the most covered item at or above the threshold, or None."""
-        tokens = words(text)
+        tokens = match_words(text)
         covered: dict[int, set[int]] = defaultdict(set)
         for gram in {tuple(tokens[i:i + self.n]) for i in range(len(tokens) - self.n + 1)}:
             for item, start in self.grams.get(gram, ()):

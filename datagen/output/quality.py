@@ -10,7 +10,7 @@ adds the run's stage counters and judge check and gives stats.json's `quality`:
 - `answer_chars`: the chosen answers' length distribution (characters);
 - `diversity`: distinct-1/2/3 of the kept instructions (unique word n-grams / all n-grams; the
   first `DIVERSITY_SAMPLE` instructions, so memory stays bounded);
-- `duplicates_removed`, `contamination` (decontam rejects by reason and by benchmark);
+- `duplicates_removed`, `contamination` (decontam and decontam_answers rejects by reason and by benchmark);
 - `dpo_pairs`: DPO rows by how the pair was made (verified-wrong `rejected`, or critique-ranked).
 
 `markdown_rows` gives the card's and the report's table of the same figures.
@@ -64,7 +64,7 @@ class QualityTally:
             self.margins.setdefault(pair["pair_source"], []).append(round(chosen - rejected, 4))
 
     def add_rejected(self, row: dict) -> None:
-        if row.get("reject_stage") != "decontam":
+        if row.get("reject_stage") not in ("decontam", "decontam_answers"):
             return
         reason = row.get("reject_reason") or "unspecified"
         _bump(self.contamination["by_reason"], reason)

@@ -103,14 +103,25 @@ class LoopPlan:
         return self.add("synth", (data,), run)
 
     def benchmark_files(self) -> list[str]:
-        """The eval sets' texts as decontam benchmark files (HumanEval is written out from its package)."""
-        files = [str(eval_sets.EVAL_DIR / "math.jsonl"), str(eval_sets.EVAL_DIR / "judge.jsonl")]
-        code = self.out / "benchmarks" / "humaneval.jsonl"
-        if not code.is_file():
-            code.parent.mkdir(parents=True, exist_ok=True)
-            code.write_text("".join(json.dumps({"text": t}) + "\n" for t in eval_sets.benchmark_texts("code")),
-                            encoding="utf-8")
-        return files + [str(code)]
+        """The eval sets that the synth config's `decontam.eval_sets` does not name already, as decontam
+        benchmark files (HumanEval written out from its package). The default names all three: adding them
+        again counted every item twice in the rare-bigram test, and 24 of the 364 items the paraphrase
+        test can see were then not found even verbatim."""
+        from pipelines.synth_config import SynthConfig
+
+        try:
+            named = from_dict(SynthConfig, step_config(self.cfg.synth.config, self.cfg.synth.set)).decontam.eval_sets
+        except ConfigError as err:
+            raise ConfigError(f"synth: {err}") from None
+        files = [str(eval_sets.EVAL_DIR / f"{name}.jsonl") for name in ("math", "judge") if name not in named]
+        if "code" not in named:
+            code = self.out / "benchmarks" / "humaneval.jsonl"
+            if not code.is_file():
+                code.parent.mkdir(parents=True, exist_ok=True)
+                code.write_text("".join(json.dumps({"text": t}) + "\n" for t in eval_sets.benchmark_texts("code")),
+                                encoding="utf-8")
+            files.append(str(code))
+        return files
 
     def prompts_step(self) -> Step:
         count, seed = self.cfg.prompts.count, self.cfg.prompts.seed
