@@ -148,8 +148,10 @@ def test_plan_fingerprints_follow_what_each_step_depends_on(tmp_path):
         return {s.name: s.fingerprint for s in LoopPlan(cfg, cfg.model, {}).steps}
 
     base = plan()
-    assert list(base) == ["synth", "prompts", "sft", "dpo", "eval-sft", "eval-dpo", "eval-dpo-raw"]
+    assert list(base) == ["prompts", "synth", "sft", "dpo", "eval-sft", "eval-dpo", "eval-dpo-raw"]
     assert plan() == base  # stable
+    fewer = plan("--prompts.referenced", "100")  # the referenced seeds feed synth, so everything after it
+    assert [k for k in base if base[k] == fewer[k]] == []
     lr = plan("--dpo.set.learning_rate", "1e-6")
     assert [k for k in base if base[k] != lr[k]] == ["dpo", "eval-dpo", "eval-dpo-raw"]
     variant = plan("--variants", "{tr-dpo: {sync_ref_model: true}}")
@@ -158,6 +160,28 @@ def test_plan_fingerprints_follow_what_each_step_depends_on(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- prompts
+
+def test_the_prompts_step_writes_the_seed_corpus_and_the_first_problems_as_referenced_seeds(tmp_path):
+    from datagen import SHIPPED_SEEDS
+    from pipelines.looping.work import LoopPlan
+
+    cfg = load_loop_config(str(ROOT / "configs/loop/cpu.yaml"),
+                           ["--output", str(tmp_path), "--prompts.count", "40", "--prompts.referenced", "12"])
+    plan = LoopPlan(cfg, cfg.model, {})
+    prompts, synth = plan.steps[0], plan.steps[1]
+    summary = prompts.run(prompts)
+    seeds = tmp_path / "prompts" / "seeds"
+    assert sorted(p.name for p in seeds.iterdir()) == ["referenced_math.jsonl", SHIPPED_SEEDS.name]
+    assert (seeds / SHIPPED_SEEDS.name).read_bytes() == SHIPPED_SEEDS.read_bytes()
+    referenced = [json.loads(line) for line in (seeds / "referenced_math.jsonl").read_text().splitlines()]
+    problems = [json.loads(line) for line in (tmp_path / "prompts" / "math_train.jsonl").read_text().splitlines()]
+    assert summary["referenced_seeds"] == len(referenced) == 12
+    assert [(r["instruction"], r["reference"]) for r in referenced] == [(p["prompt"], p["reference"]) for p in problems[:12]]
+    assert {r["domain"] for r in referenced} == {"math"}
+    assert synth.fingerprint != LoopPlan(load_loop_config(
+        str(ROOT / "configs/loop/cpu.yaml"), ["--output", str(tmp_path), "--prompts.referenced", "0"]),
+        cfg.model, {}).steps[1].fingerprint
+
 
 def test_training_math_problems_are_disjoint_from_the_eval_set_and_exact():
     eval_questions = [item["question"] for item in eval_sets.load("math")]
@@ -179,19 +203,24 @@ def test_training_math_problems_are_disjoint_from_the_eval_set_and_exact():
 def test_the_overlap_check_drops_eval_questions():
     rows = [{"prompt": "What is 3 + 4?", "reference": "7"},
             {"prompt": "Quinn has 5 coins and gets 9 more. How many coins does Quinn have now?", "reference": "14"},
-            {"prompt": "Compute 3 + 4.", "reference": "7"}]
+            {"prompt": "Compute 3 + 4.", "reference": "7"},  # the eval question restated: trains on its answer
+            {"prompt": "Compute 3 + 5.", "reference": "8"}, {"prompt": "Compute 4 + 3.", "reference": "7"}]
     kept, dropped = math_train.disjoint_from_eval(rows, ["What is 3 + 4?", "Ava has 2 coins and gets 9 more. "
                                                                           "How many coins does Ava have now?"])
-    assert [r["prompt"] for r in kept] == ["Compute 3 + 4."]
-    assert dropped == {"same_question": 1, "shared_ngram": 1}
+    assert [r["prompt"] for r in kept] == ["Compute 3 + 5.", "Compute 4 + 3."]
+    assert dropped == {"same_question": 1, "shared_ngram": 1, "restated_question": 1}
 
 
 # ---------------------------------------------------------------------------------------------- table
 
-def fake_eval(directory: Path, model: list[float], baseline: list[float], win: float) -> Path:
+def fake_eval(directory: Path, model: list[float], baseline: list[float], win: float, consistency: float = 0.8,
+              bias: float = 0.1, policy_dir: Path | None = None) -> Path:
+    """An eval step's outputs; `policy_dir`: the model it evaluated (its loop-config.yaml names it)."""
     from pipelines.evaluation import stats
 
     directory.mkdir(parents=True)
+    if policy_dir is not None:
+        (directory / "loop-config.yaml").write_text(f"models:\n  policy: {{backend: vllm, model: {policy_dir}}}\n")
     est = lambda v: stats.accuracy(v).to_dict()  # noqa: E731
     results = {"tasks": {
         "math": {"model": est(model), "baseline": est(baseline), "model_by_level": {"1": est(model)},

@@ -195,16 +195,23 @@ def as_seed(row: dict) -> dict:
 
 
 def disjoint_from_eval(rows: list[dict], eval_questions: list[str], n: int = 8) -> tuple[list[dict], dict]:
-    """Rows sharing no normalised question and no `n`-word run with an eval question; counts of drops."""
+    """Rows sharing no normalised question, no `n`-word run and no restated short question with an eval
+    question ("Compute 5 + 2." states what "What is 5 + 2?" asks: the decontam stage's `short_key`);
+    counts of drops."""
+    from datagen.filters.overlap import short_key
+
     whole = {tuple(normalized_words(q)) for q in eval_questions}
     grams = set().union(*(ngrams(q, n) for q in eval_questions)) if eval_questions else set()
-    kept, dropped = [], {"same_question": 0, "shared_ngram": 0}
+    stated = {key for key in map(short_key, eval_questions) if len(key) >= 2}
+    kept, dropped = [], {"same_question": 0, "shared_ngram": 0, "restated_question": 0}
     for row in rows:
         words = tuple(normalized_words(row["prompt"]))
         if words in whole:
             dropped["same_question"] += 1
         elif len(words) >= n and ngrams(row["prompt"], n) & grams:
             dropped["shared_ngram"] += 1
+        elif short_key(row["prompt"]) in stated:
+            dropped["restated_question"] += 1
         else:
             kept.append(row)
     return kept, dropped

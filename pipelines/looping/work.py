@@ -1,7 +1,9 @@
 """The loop's steps, built from a LoopConfig: what each one runs, in which directory, from which inputs.
 
-    synth    python -m pipelines.synth          → DIR/synth   (the eval sets as decontam benchmarks)
-    prompts  verifiable math problems           → DIR/prompts (disjoint from the eval set)
+    prompts  verifiable math problems           → DIR/prompts (disjoint from the eval set; the first
+                                                               `prompts.referenced` also as referenced seeds)
+    synth    python -m pipelines.synth          → DIR/synth   (the seed corpus + the referenced problems;
+                                                               the eval sets as decontam benchmarks)
     sft      posttrain/sft.py                   → DIR/sft     (from the start model, on DIR/synth)
     dpo      posttrain/dpo.py                   → DIR/dpo     (from DIR/sft; offline pairs DIR/synth,
                                                                online prompts DIR/prompts)
@@ -29,6 +31,7 @@ from pipelines.looping.loop_config import LoopConfig, step_config
 from pipelines.looping.steps import LoopError, Step, fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
+SEEDS_DIR = "seeds"  # prompts/seeds/: the synth step's seeds when prompts.referenced > 0
 
 
 @dataclass
@@ -64,8 +67,8 @@ class LoopPlan:
         self.steps: list[Step] = []
         self.policies: list[Policy] = [Policy("start", "", lambda: start_model)]
         self.evals: dict[str, Step] = {}
-        synth = self.synth_step()
         prompts = self.prompts_step()
+        synth = self.synth_step(prompts)
         sft = self.sft_step(synth)
         dpos = [self.dpo_step("dpo", {}, sft, synth, prompts)]
         dpos += [self.dpo_step(f"dpo-{name}", changes, sft, synth, prompts) for name, changes in cfg.variants.items()]
@@ -85,10 +88,12 @@ class LoopPlan:
 
     # ------------------------------------------------------------------ synth and prompts
 
-    def synth_step(self) -> Step:
+    def synth_step(self, prompts: Step) -> Step:
         from pipelines.synth_config import SynthConfig
 
         changes: dict[str, Any] = {"output.dir": str(self.out / "synth")}
+        if self.cfg.prompts.referenced:  # the seed corpus and the referenced training problems, side by side
+            changes["seeds.path"] = str(prompts.directory / SEEDS_DIR)
         if self.cfg.synth.decontaminate:
             base = step_config(self.cfg.synth.config, {}).get("decontam", {}).get("benchmarks", [])
             changes["decontam.benchmarks"] = list(base) + [f for f in self.benchmark_files() if f not in base]
@@ -100,7 +105,7 @@ class LoopPlan:
             self.command([sys.executable, "-m", "pipelines.synth", "--config", str(path)], step)
             return synth_summary(step.directory)
 
-        return self.add("synth", (data,), run)
+        return self.add("synth", (data, prompts.fingerprint), run)
 
     def benchmark_files(self) -> list[str]:
         """The eval sets that the synth config's `decontam.eval_sets` does not name already, as decontam
@@ -124,18 +129,35 @@ class LoopPlan:
         return files
 
     def prompts_step(self) -> Step:
-        count, seed = self.cfg.prompts.count, self.cfg.prompts.seed
+        count, seed, referenced = self.cfg.prompts.count, self.cfg.prompts.seed, self.cfg.prompts.referenced
         eval_questions = [item["question"] for item in eval_sets.load("math")]
+        corpus = self.seed_corpus() if referenced else None
 
         def run(step: Step) -> dict:
             rows, dropped = math_train.disjoint_from_eval(math_train.make_problems(count, seed), eval_questions)
             step.directory.mkdir(parents=True, exist_ok=True)
-            (step.directory / "math_train.jsonl").write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            write_jsonl(step.directory / "math_train.jsonl", rows)
+            if corpus is not None:
+                seeds = step.directory / SEEDS_DIR
+                seeds.mkdir(exist_ok=True)
+                (seeds / corpus.name).write_bytes(corpus.read_bytes())
+                write_jsonl(seeds / "referenced_math.jsonl", [math_train.as_seed(r) for r in rows[:referenced]])
             levels = {str(level): sum(r["level"] == level for r in rows) for level in (1, 2, 3, 4)}
-            return {"problems": len(rows), "dropped_for_eval_overlap": dropped, "by_level": levels}
+            return {"problems": len(rows), "referenced_seeds": min(referenced, len(rows)),
+                    "dropped_for_eval_overlap": dropped, "by_level": levels}
 
-        return self.add("prompts", (count, seed, eval_questions), run)
+        return self.add("prompts", (count, seed, referenced, eval_questions, str(corpus)), run)
+
+    def seed_corpus(self) -> Path:
+        """The synth config's seed file (the shipped corpus when it names none), copied beside the
+        referenced problems."""
+        from datagen import SHIPPED_SEEDS
+
+        path = step_config(self.cfg.synth.config, self.cfg.synth.set).get("seeds", {}).get("path") or SHIPPED_SEEDS
+        if not Path(path).is_file():
+            raise ConfigError(f"prompts.referenced: the synth seeds ({path}) must be one local file to be joined "
+                              f"by the referenced problems; set prompts.referenced: 0 to keep them as they are")
+        return Path(path)
 
     # ------------------------------------------------------------------ training
 
@@ -197,6 +219,10 @@ class LoopPlan:
         step = self.add(name, (data, policy.name, upstream.fingerprint), run)
         self.evals[policy.name] = step
         return step
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def last_checkpoint(directory: Path) -> Path:
