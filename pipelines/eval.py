@@ -9,7 +9,10 @@ sandbox), judge (blind pairwise comparison of M and B by J, both orders), reward
 answers vs B's by the reward model R). Models: an embedded alias (smollm2-135m, ...), a local
 directory, a hub id, or a key of the config's `models:` map (`--models.NAME.backend ...`).
 Writes DIR/results.json, DIR/items.jsonl and DIR/report.html (with PNG charts); every model server
-it starts is stopped at the end.
+it starts is stopped at the end. Paired accuracies come with the difference detectable at their n
+(80% power, from the observed discordance) and whether the observed one clears it; a judge whose
+order consistency is below 0.6 or whose position bias is beyond ±0.3 gets "no signal" for its win
+rate; a pair whose answer failed is left out of the judge task and counted.
 """
 from __future__ import annotations
 

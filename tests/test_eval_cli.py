@@ -29,6 +29,7 @@ LIMIT = 6
     (["--model", "smollm2-135m", "--tasks", ","], "no task given"),
     (["--tasks", "math"], "which model to evaluate"),
     (["--model", "smollm2-135m", "--math.nope", "1"], "unknown key"),
+    (["--model", "smollm2-135m", "--stats.power", "1.5"], "stats.power: expected a number between 0 and 1"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, message, capsys):
     assert eval_cli.main(args) == 2
@@ -178,3 +179,97 @@ def test_offline_mode_only_when_every_model_is_local(tmp_path):
     assert eval_cli.all_models_local(local)
     hub = eval_cli.parse_args(["--model", "smollm2-135m", "--baseline", "HuggingFaceTB/SmolLM2-360M-Instruct"])
     assert not eval_cli.all_models_local(hub)  # a hub id must stay downloadable: no HF_HUB_OFFLINE
+
+
+# -- an eval that can see a gain (issue 18) and failed answers in the judge task (issue 20) -------------
+def first_answer_judge(request: Request) -> str:
+    """A judge that always prefers whichever answer it is shown first (SmolLM2-135M's habit)."""
+    return "Verdict: A"
+
+
+def run_judge(models: dict, tmp_path: Path, tasks=("math", "judge")) -> dict:
+    cfg = EvalConfig(model="policy", baseline="start", judge="judge", limit=LIMIT, tasks=list(tasks),
+                     output=str(tmp_path), models=models)
+    cfg.cache.enabled = False
+    return evaluate(cfg)
+
+
+def test_math_reports_the_difference_detectable_at_n_and_whether_it_clears_it(fakes, tmp_path):
+    from pipelines.evaluation.report import summary_line
+
+    results = run_judge(fakes[1], tmp_path, ("math",))
+    det = results["tasks"]["math"]["detectable"]
+    # policy right on all 6, start on 3 (every other): 3 discordant items, all the model's.
+    # psi = 3/6; MDE = (1.959964 + 0.841621) * sqrt(0.5 / 6) = 2.801585 * 0.288675 = 0.808749
+    assert (det["n"], det["model_only"], det["baseline_only"]) == (6, 3, 0)
+    assert det["mde"] == pytest.approx(0.808749, abs=2e-6)
+    assert det["observed"] == pytest.approx(0.5) and det["clears"] is False
+    assert det["n_needed"] == 1570  # (2.801585 / 0.05)**2 * 0.5 = 1569.8 items for a +5 pt gain
+    # planning figure: at n=6, both at the start's 50%, independent: psi 0.5 again
+    assert results["tasks"]["math"]["planned"]["mde"] == pytest.approx(0.808749, abs=2e-6)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["tasks"]["math"]["detectable"] == det
+    html = (tmp_path / "report.html").read_text()
+    assert "detectable at n" in html and "±80.9 pts" in html and "does not clear it" in html
+    assert "needs n ≥ 1570 (raise n)" in html
+    line = summary_line(results, str(tmp_path))
+    assert "Δ +50.0 pts" in line and "detectable ±80.9 pts: not cleared" in line
+
+
+@pytest.mark.parametrize("judge,signal", [(first_answer_judge, False), (longer_answer_judge, True)])
+def test_a_judge_without_signal_prints_no_signal_instead_of_a_win_rate(judge, signal, tmp_path, capsys):
+    models = {"policy": install_fake(FakeLLM(policy(True), "policy"), "policy"),
+              "start": install_fake(FakeLLM(policy(False), "start"), "start"),
+              "judge": install_fake(FakeLLM(judge, "judge"), "judge")}
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"models": {name: {"backend": "fake", "model": name} for name in models}}))
+    out = tmp_path / "out"
+    assert eval_cli.main(["--config", str(config), "--model", "policy", "--baseline", "start", "--judge", "judge",
+                          "--tasks", "judge", "--limit", str(LIMIT), "--output", str(out), "--no_cache"]) == 0
+    line = capsys.readouterr().out
+    judged = json.loads((out / "results.json").read_text())["tasks"]["judge"]
+    html = (out / "report.html").read_text()
+    assert judged["signal"] is signal
+    assert judged["win_rate"]["value"] == (0.5 if not signal else 1.0)  # the numbers stay in results.json
+    if signal:
+        assert judged["no_signal_reason"] == "" and "judge win rate 100.0% [" in line and "no signal" not in line
+        assert "<td>win rate</td><td>100.0%</td>" in html and "no signal" not in html
+    else:
+        assert "order consistency 0.00 < 0.6" in judged["no_signal_reason"] and "+0.50 beyond ±0.3" in judged["no_signal_reason"]
+        assert "judge win rate no signal (order consistency 0.00 < 0.6" in line and "50.0%" not in line
+        assert "<td>win rate</td><td>no signal</td>" in html
+        assert "<td>length-controlled win rate</td><td>no signal</td>" in html
+
+
+def test_failed_answers_are_left_out_of_the_judged_pairs_and_counted(tmp_path):
+    from datagen.inference.base import Completion
+    from pipelines.evaluation.report import summary_line
+
+    instructions = [item["instruction"] for item in eval_sets.load("judge", LIMIT)]
+    good = policy(True)
+
+    def flaky(request: Request):  # the policy's call fails on the first two instructions
+        if user_text(request) in instructions[:2]:
+            return Completion(error="HTTP 500: engine died")
+        return good(request)
+
+    judge = FakeLLM(longer_answer_judge, "judge")
+    models = {"policy": install_fake(FakeLLM(flaky, "policy"), "policy"),
+              "start": install_fake(FakeLLM(policy(False), "start"), "start"),
+              "judge": install_fake(judge, "judge")}
+    results = run_judge(models, tmp_path, ("judge",))
+    j = results["tasks"]["judge"]
+    assert j["pairs"] == {"total": LIMIT, "judged": LIMIT - 2, "left_out": 2,
+                          "failed_answers": {"model": 2, "baseline": 0}}
+    assert len(judge.calls) == 2 * (LIMIT - 2)  # never sent to the judge
+    assert not any(instructions[0] in user_text(r) or instructions[1] in user_text(r) for r in judge.calls)
+    # an empty answer would have lost to the start's short one in both orders: left out, the rest are all wins
+    assert j["win_rate"]["value"] == 1.0 and j["win_rate"]["n"] == LIMIT - 2
+    assert j["verdicts"]["judged"] == 2 * (LIMIT - 2) and j["verdicts"]["model_first"]["loss"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    left = [r for r in rows if r["task"] == "judge" and "left_out" in r]
+    assert [r["prompt"] for r in left] == instructions[:2]
+    assert all(r["left_out"] == "failed answer: model" and "verdict_ab" not in r for r in left)
+    assert left[0]["error"] == {"model": "HTTP 500: engine died"}
+    assert "2 of 6 pairs left out because an answer failed (model 2, baseline 0)" in (tmp_path / "report.html").read_text()
+    assert "2 pairs left out (failed answers)" in summary_line(results, str(tmp_path))

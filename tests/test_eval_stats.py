@@ -123,3 +123,85 @@ def test_paired_difference_recovers_a_known_gap():
 def test_bootstrap_is_reproducible_with_its_seed():
     ab, ba = simulate_verdicts(50, 0.6, 0.1, seed=9)
     assert stats.win_rate(ab, ba, seed=3) == stats.win_rate(ab, ba, seed=3)
+
+
+# -- the minimum detectable difference of a paired comparison ----------------------------------------
+# Hand-worked values, from z tables: z_{0.975} = 1.959964, z_{0.80} = 0.841621, their sum 2.801585.
+Z_SUM = 1.959964 + 0.841621
+
+
+def test_mde_of_a_small_known_example_by_hand():
+    # 40 items: 6 only the model gets right, 2 only the baseline, 32 the same (10 both right, 22 both wrong).
+    model = [1.0] * 6 + [0.0] * 2 + [1.0] * 10 + [0.0] * 22
+    base = [0.0] * 6 + [1.0] * 2 + [1.0] * 10 + [0.0] * 22
+    det = stats.detectable_difference(model, base, expected_gain=0.05)
+    # discordant share 8/40 = 0.2; MDE = 2.801585 * sqrt(0.2 / 40) = 2.801585 * 0.0707107 = 0.198101
+    assert det["n"] == 40 and det["model_only"] == 6 and det["baseline_only"] == 2
+    assert det["discordant_share"] == pytest.approx(0.2)
+    assert det["mde"] == pytest.approx(0.198101, abs=2e-6)
+    assert det["observed"] == pytest.approx(0.1) and det["clears"] is False  # +10 pts < 19.8 pts
+    # items for a +5 pt gain at this discordance: (2.801585 / 0.05)**2 * 0.2 = 3139.55 * 0.2 = 627.9 -> 628
+    assert det["n_needed"] == 628 and det["enough_items"] is False
+    assert det["alpha"] == pytest.approx(0.05) and det["power"] == 0.8
+
+
+def test_a_difference_at_least_the_mde_clears_it_and_unscorable_items_are_left_out():
+    # 10 items: 5 only the model right, 5 concordant; psi = 0.5, MDE = 2.801585 * sqrt(0.05) = 0.626453
+    model = [1.0] * 5 + [0.0] * 5 + [math.nan, 1.0]
+    base = [0.0] * 5 + [0.0] * 5 + [1.0, math.nan]
+    det = stats.detectable_difference(model, base)
+    assert det["n"] == 10 and det["mde"] == pytest.approx(0.626453, abs=2e-6)
+    assert det["observed"] == pytest.approx(0.5) and det["clears"] is False
+    det = stats.detectable_difference([1.0] * 8 + [0.0] * 2, [0.0] * 10)  # psi 0.8, MDE 0.79250, observed 0.8
+    assert det["mde"] == pytest.approx(Z_SUM * math.sqrt(0.08), abs=2e-6) and det["clears"] is True
+    same = stats.detectable_difference([1.0, 0.0, 1.0], [1.0, 0.0, 1.0])
+    assert same["mde"] is None and same["clears"] is None  # no discordant item: nothing to base it on
+    with pytest.raises(ValueError):
+        stats.detectable_difference([1.0], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("n,psi", [(300, 0.2), (120, 0.35)])
+def test_mcnemar_detects_a_true_difference_of_one_mde_80_percent_of_the_time(n, psi):
+    """Simulation, not the formula: draw paired outcomes with the true difference set to the MDE and
+    count how often McNemar's test (two-sided 5%) rejects. Also: at no difference it rejects ~5%."""
+    mde = stats.minimum_detectable_difference(n, psi)
+    rng = np.random.default_rng(17)
+
+    def rejections(delta: float, runs: int = 4000) -> float:
+        p10, p01 = (psi + delta) / 2, (psi - delta) / 2
+        counts = rng.multinomial(n, [p10, p01, 1 - psi], size=runs)
+        b, c = counts[:, 0], counts[:, 1]
+        z = (b - c) / np.sqrt(np.maximum(b + c, 1))
+        return float(np.mean(np.abs(z) > 1.959964))
+
+    assert 0.77 <= rejections(mde) <= 0.84  # the approximation is slightly conservative (0.80-0.81 exact)
+    assert rejections(mde / 2) < 0.4
+    assert rejections(0.0) < 0.07
+
+
+def test_planned_mde_assumes_independent_outcomes():
+    # p = 0.24 on both sides, independent: psi = 2 * 0.24 * 0.76 = 0.3648;
+    # MDE at n = 300: 2.801585 * sqrt(0.3648 / 300) = 2.801585 * 0.0348712 = 0.097694
+    plan = stats.planned_detectable_difference(300, 0.24, 0.24)
+    assert plan["discordant_share"] == pytest.approx(0.3648)
+    assert plan["mde"] == pytest.approx(0.097694, abs=2e-6) and "independent" in plan["assumption"]
+    rng = np.random.default_rng(3)  # and independence really gives that discordance
+    a, b = rng.random(200_000) < 0.24, rng.random(200_000) < 0.24
+    assert np.mean(a != b) == pytest.approx(0.3648, abs=0.004)
+
+
+# -- a judge's signal ----------------------------------------------------------------------------------
+def test_a_judge_that_always_picks_the_first_answer_has_no_signal():
+    ab, ba = [1.0] * 20, [0.0] * 20
+    signal, why = stats.judge_signal(stats.order_consistency(ab, ba).value, stats.position_bias(ab, ba).value)
+    assert signal is False and "order consistency 0.00 < 0.6" in why and "position bias +0.50" in why
+
+
+def test_a_judge_that_picks_the_better_answer_has_a_signal():
+    ab, ba = [1.0] * 18 + [0.0] * 2, [1.0] * 18 + [1.0] * 2  # consistent on 18 of 20; bias small
+    consistency, bias = stats.order_consistency(ab, ba).value, stats.position_bias(ab, ba).value
+    assert consistency == 0.9 and bias == pytest.approx(-0.05)
+    assert stats.judge_signal(consistency, bias) == (True, "")
+    assert stats.judge_signal(0.59, 0.0)[0] is False and stats.judge_signal(0.9, -0.31)[0] is False
+    assert stats.judge_signal(0.6, 0.3)[0] is True  # the thresholds themselves pass
+    assert stats.judge_signal(None, None)[0] is False  # nothing readable: nothing to read from it

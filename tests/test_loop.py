@@ -228,8 +228,9 @@ def fake_eval(directory: Path, model: list[float], baseline: list[float], win: f
                  "difference": stats.paired_difference(model, baseline).to_dict()},
         "judge": {"judge": "smollm2-135m", "win_rate": {"value": win, "low": win - 0.1, "high": win + 0.1, "n": 8},
                   "length_controlled_win_rate": {"value": win, "low": win - 0.2, "high": win + 0.2, "n": 8},
-                  "position_bias": {"value": 0.1, "low": 0, "high": 0.2, "n": 8},
-                  "order_consistency": {"value": 0.5, "low": 0.3, "high": 0.7, "n": 8}}}}
+                  "position_bias": {"value": bias, "low": bias - 0.1, "high": bias + 0.1, "n": 8},
+                  "order_consistency": {"value": consistency, "low": consistency - 0.2, "high": consistency + 0.2,
+                                        "n": 8}}}}
     (directory / "results.json").write_text(json.dumps(results))
     (directory / "items.jsonl").write_text("".join(
         json.dumps({"task": "math", "id": f"m{i}", "correct_model": m, "correct_baseline": b}) + "\n"
@@ -257,6 +258,105 @@ def test_the_table_reports_each_policy_against_the_start_and_dpo_against_sft(tmp
     assert (tmp_path / "charts" / "policies.png").stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["policies"]["dpo"]["math_vs_sft"]["value"] == pytest.approx(0.2)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():  # the first table only
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows.setdefault(cells[0], cells)
+    return rows
+
+
+def test_the_table_gives_the_difference_detectable_at_n_for_every_comparison(tmp_path):
+    start = [1.0] * 10 + [0.0] * 30
+    sft = [1.0] * 12 + [0.0] * 28  # the start's 10 plus 2
+    dpo = [1.0] * 20 + [0.0] * 20  # the start's 10 plus 10 (SFT's 12 plus 8)
+    evals = {"sft": fake_eval(tmp_path / "eval-sft", sft, start, 0.55),
+             "dpo": fake_eval(tmp_path / "eval-dpo", dpo, start, 0.6)}
+    write_table(tmp_path, evals, [], "python -m pipelines.loop")
+    rows = table_rows((tmp_path / "results.md").read_text())
+    head = rows["policy"]
+    vs_start, vs_sft = head.index("detectable at n"), head.index("detectable at n (vs SFT)")
+    # by hand, (1.959964 + 0.841621) * sqrt(psi / 40):
+    #   sft vs start: psi = 2/40,  MDE = 2.801585 * 0.0353553 = 0.099050, observed 0.05 -> not cleared
+    #   dpo vs start: psi = 10/40, MDE = 2.801585 * 0.0790569 = 0.221484, observed 0.25 -> cleared
+    #   dpo vs sft:   psi = 8/40,  MDE = 2.801585 * 0.0707107 = 0.198101, observed 0.20 -> cleared
+    assert rows["sft"][vs_start] == "±9.9 pts: not cleared" and rows["sft"][vs_sft] == "—"
+    assert rows["dpo"][vs_start] == "±22.1 pts: cleared" and rows["dpo"][vs_sft] == "±19.8 pts: cleared"
+    assert rows["start"][vs_start] == "—"
+    saved = json.loads((tmp_path / "results.json").read_text())["policies"]
+    assert saved["sft"]["math_vs_start_detectable"]["mde"] == pytest.approx(0.099050, abs=2e-6)
+    assert saved["dpo"]["math_vs_start_detectable"]["mde"] == pytest.approx(0.221484, abs=2e-6)
+    assert saved["dpo"]["math_vs_sft_detectable"]["mde"] == pytest.approx(0.198101, abs=2e-6)
+    assert saved["dpo"]["math_vs_sft_detectable"]["clears"] is True
+
+
+@pytest.mark.parametrize("consistency,bias,shown", [(0.0, 0.5, "no signal"), (0.9, 0.05, "60.0% [50.0, 70.0]"),
+                                                    (0.8, -0.35, "no signal")])
+def test_the_table_prints_no_signal_for_a_judge_that_cannot_judge(tmp_path, consistency, bias, shown):
+    start, dpo = [1.0] * 10 + [0.0] * 30, [1.0] * 20 + [0.0] * 20
+    evals = {"dpo": fake_eval(tmp_path / "eval-dpo", dpo, start, 0.6, consistency=consistency, bias=bias)}
+    write_table(tmp_path, evals, [], "python -m pipelines.loop")
+    text = (tmp_path / "results.md").read_text()
+    rows = table_rows(text)
+    judge_col = next(i for i, h in enumerate(rows["policy"]) if h.startswith("judge win rate"))
+    assert rows["dpo"][judge_col] == shown and (rows["dpo"][judge_col + 1] == "no signal") == (shown == "no signal")
+    assert ("Judge smollm2-135m: no signal (" in text) == (shown == "no signal")
+    saved = json.loads((tmp_path / "results.json").read_text())["policies"]["dpo"]
+    assert saved["win_rate"]["value"] == 0.6 and saved["judge_signal"] is (shown != "no signal")
+
+
+def training_step(directory: Path, started_from: str, sft_rows: int | None = None,
+                  offline: int | None = None, round_rows: list[list[dict]] | None = None) -> Path:
+    """A finished SFT (data_report.json) or DPO (dpo_summary.json, data_report.json, rounds/) step directory."""
+    directory.mkdir(parents=True)
+    (directory / "loop-config.yaml").write_text(f"model:\n  name: {started_from}\n")
+    if sft_rows is not None:
+        (directory / "data_report.json").write_text(json.dumps({"train_rows": sft_rows, "eval_rows": 3}))
+    if offline is not None:
+        (directory / "data_report.json").write_text(json.dumps({"train_rows": offline}))
+        (directory / "dpo_summary.json").write_text("{}")
+    for k, rows in enumerate(round_rows or []):
+        (directory / "rounds").mkdir(exist_ok=True)
+        lines = [{"kind": "stats"}, {"kind": "sample", "prompt": "x"}] + [{"kind": "train_row", **r} for r in rows]
+        (directory / "rounds" / f"round-{k:03d}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return directory
+
+
+def test_the_dose_response_chart_puts_accuracy_against_the_training_rows_of_each_policy(tmp_path):
+    pair = lambda i, src: {"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "source": src}  # noqa: E731
+    sft = training_step(tmp_path / "sft", "smollm2-moe", sft_rows=120)
+    sft2 = training_step(tmp_path / "sft-r2", str(sft), sft_rows=80)  # a second expert-iteration round
+    # DPO: 2 rounds, 5 distinct pairs (p0 and p1 offline pairs repeat across rounds), 19 offline available
+    dpo = training_step(tmp_path / "dpo", str(sft2), offline=19, round_rows=[
+        [pair(0, "offline"), pair(1, "offline"), pair(2, "online")],
+        [pair(0, "offline"), pair(3, "online"), pair(4, "online"), pair(1, "offline")]])
+    (dpo / "checkpoint-16").mkdir()
+    offline_only = training_step(tmp_path / "dpo-off", str(sft2), offline=19)  # no rounds: its offline pairs
+    start = [1.0] * 10 + [0.0] * 30
+    evals = {"sft": fake_eval(tmp_path / "eval-sft", [1.0] * 12 + [0.0] * 28, start, 0.5, policy_dir=sft),
+             "sft-r2": fake_eval(tmp_path / "eval-sft-r2", [1.0] * 14 + [0.0] * 26, start, 0.5, policy_dir=sft2),
+             "dpo": fake_eval(tmp_path / "eval-dpo", [1.0] * 20 + [0.0] * 20, start, 0.5, policy_dir=dpo),
+             "dpo-raw": fake_eval(tmp_path / "eval-dpo-raw", [1.0] * 16 + [0.0] * 24, start, 0.5,
+                                  policy_dir=dpo / "checkpoint-16"),
+             "dpo-off": fake_eval(tmp_path / "eval-dpo-off", [1.0] * 11 + [0.0] * 29, start, 0.5,
+                                  policy_dir=offline_only)}
+    write_table(tmp_path, evals, [], "python -m pipelines.loop")
+    assert (tmp_path / "charts" / "dose_response.png").stat().st_size > 5000
+    points = {p["policy"]: p for p in json.loads((tmp_path / "results.json").read_text())["dose_response"]}
+    expected = {"start": (0, 0, 0.25, []), "sft": (120, 0, 0.30, ["sft"]), "sft-r2": (200, 0, 0.35, ["sft", "sft-r2"]),
+                "dpo": (200, 5, 0.50, ["sft", "sft-r2", "dpo"]), "dpo-raw": (200, 5, 0.40, ["sft", "sft-r2", "dpo"]),
+                "dpo-off": (200, 19, 0.275, ["sft", "sft-r2", "dpo-off"])}
+    assert set(points) == set(expected)
+    for name, (rows, pairs, accuracy, chain) in expected.items():
+        p = points[name]
+        assert (p["sft_rows"], p["dpo_pairs"], p["training_rows"]) == (rows, pairs, rows + pairs), name
+        assert p["math"]["value"] == pytest.approx(accuracy) and p["lineage"] == chain, name
+        assert p["math"]["low"] < accuracy < p["math"]["high"]  # its interval travels with it
+    text = (tmp_path / "results.md").read_text()
+    assert "| dpo | start → sft → sft-r2 → dpo | 200 | 5 | 50.0% [" in text
 
 
 def test_a_failed_step_reports_the_commands_own_error_line(tmp_path):

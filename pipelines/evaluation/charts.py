@@ -66,7 +66,13 @@ def judge_chart(judge: dict, roles: dict, path: Path) -> None:
     left.set_xlim(0, 100)
     left.set_ylim(-0.6, len(names) - 0.3)
     left.set_xlabel(f"% for {roles.get('model', 'model')} vs {roles.get('baseline', 'baseline')}")
-    left.set_title(f"judge: {judge['judge']}", fontsize=9)
+    if judge.get("signal") is False:  # the numbers stay visible, greyed, under the verdict that they say nothing
+        for line in left.lines + left.texts:
+            line.set_alpha(0.35)
+        left.set_title(f"judge: {judge['judge']} — NO SIGNAL\n{judge.get('no_signal_reason', '')}", fontsize=8,
+                       color="#c0504d")
+    else:
+        left.set_title(f"judge: {judge['judge']}", fontsize=9)
     counts = {"first": judge["verdicts"]["model_first"], "second": judge["verdicts"]["model_second"]}
     bottoms = [0, 0]
     for outcome in ("win", "tie", "loss", "unreadable"):

@@ -38,6 +38,14 @@ class StatsConfig:
     confidence: float = option(0.95, "level of every interval")
     bootstrap_samples: int = option(2000, "bootstrap draws for intervals (length-controlled: half)")
     seed: int = option(0, "bootstrap seed (the figures are reproducible)")
+    power: float = option(0.8, "power of the minimum detectable difference of paired accuracies (with a "
+                               "two-sided test at level 1 - confidence)")
+    expected_gain: float = option(0.05, "the accuracy gain (a share) the run hopes to see: the report says "
+                                        "how many items it needs at the observed discordance; 0: not asked")
+    min_order_consistency: float = option(0.6, "judge task: below this order consistency the win rate is "
+                                               "reported as no signal")
+    max_position_bias: float = option(0.3, "judge task: beyond this position bias (either way) the win rate "
+                                           "is reported as no signal")
 
 
 @dataclass
@@ -77,6 +85,10 @@ class EvalConfig:
             raise ConfigError(f"limit: the eval sets would be empty (limit {self.limit}); use at least 1")
         if not 0 < self.stats.confidence < 1:
             raise ConfigError(f"stats.confidence: expected a number between 0 and 1, got {self.stats.confidence}")
+        if not 0 < self.stats.power < 1:
+            raise ConfigError(f"stats.power: expected a number between 0 and 1, got {self.stats.power}")
+        if not 0 <= self.stats.expected_gain < 1:
+            raise ConfigError(f"stats.expected_gain: expected a share in [0, 1), got {self.stats.expected_gain}")
 
     def chosen_tasks(self) -> list[str]:
         """The tasks to run, checked against the roles they need; ConfigError naming what is missing."""

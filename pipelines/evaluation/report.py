@@ -59,6 +59,8 @@ def figures(results: dict) -> list[tuple[str, str, dict]]:
                     rows.append((task, f"{label} ({side})", tasks[task][side]))
             if "difference" in tasks[task]:
                 rows.append((task, f"{label} difference (model − baseline)", tasks[task]["difference"]))
+            if "detectable" in tasks[task]:
+                rows.append((task, f"{label} difference detectable at n", tasks[task]["detectable"]))
     if "judge" in tasks:
         j = tasks["judge"]
         rows += [("judge", "win rate", j["win_rate"]),
@@ -72,9 +74,38 @@ def figures(results: dict) -> list[tuple[str, str, dict]]:
     return rows
 
 
+NO_SIGNAL = "no signal"
+SIGNAL_FIGURES = ("win rate", "length-controlled win rate")
+
+
+def no_signal(judge: dict) -> bool:
+    """The judge's win rate carries no signal (results.json keeps the numbers, marked `signal: false`)."""
+    return judge.get("signal") is False
+
+
+def pts(share: float | None, signed: bool = False) -> str:
+    return "n/a" if share is None else f"{share * 100:{'+' if signed else ''}.1f} pts"
+
+
+def detectable_text(det: dict) -> str:
+    """'±7.2 pts (power 80%, α 0.05): observed +1.7 pts does not clear it' and the items an expected gain needs."""
+    if det.get("mde") is None:
+        return f"n/a: no item where the two differ (n={det.get('n', 0)})"
+    verdict = "clears it" if det["clears"] else "does not clear it"
+    text = (f"±{det['mde'] * 100:.1f} pts (power {det['power'] * 100:.0f}%, α {det['alpha']:g}; discordant "
+            f"{det['model_only']} + {det['baseline_only']} of {det['n']}): observed {pts(det['observed'], True)} {verdict}")
+    if det.get("n_needed"):
+        enough = "enough" if det["enough_items"] else "raise n"
+        text += f"; a gain of {pts(det['expected_gain'], True)} needs n ≥ {det['n_needed']} ({enough})"
+    return text
+
+
 def _fmt(est: dict, kind: str) -> tuple[str, str]:
     """(value, interval) as text. kind: percent (shares), points (differences of shares, signed),
-    signed (bias, reward differences), number (rewards)."""
+    signed (bias, reward differences), number (rewards), mde (a detectable difference)."""
+    if kind == "mde":
+        return (("n/a", "") if est.get("mde") is None else
+                (f"±{est['mde'] * 100:.1f} pts", "observed clears it" if est["clears"] else "observed below it"))
     if est.get("value") is None:
         return "n/a", ""
     scale = 100 if kind in ("percent", "points") else 1
@@ -86,6 +117,8 @@ def _fmt(est: dict, kind: str) -> tuple[str, str]:
 
 
 def _kind(task: str, name: str) -> str:
+    if "detectable" in name:
+        return "mde"
     if "position bias" in name:
         return "signed"
     if task == "reward":
@@ -93,18 +126,46 @@ def _kind(task: str, name: str) -> str:
     return "points" if "difference" in name else "percent"
 
 
+def _cell(results: dict, task: str, name: str, est: dict) -> tuple[str, str]:
+    if task == "judge" and name in SIGNAL_FIGURES and no_signal(results["tasks"]["judge"]):
+        return NO_SIGNAL, ""
+    return _fmt(est, _kind(task, name))
+
+
+def notes(results: dict) -> list[str]:
+    """What the table's figures mean for the comparison: detectable differences, the judge's signal."""
+    tasks, out = results["tasks"], []
+    for task, label in (("math", "Math"), ("code", "Code")):
+        if "detectable" in tasks.get(task, {}):
+            out.append(f"{label}: difference detectable at n: {detectable_text(tasks[task]['detectable'])}.")
+        if "planned" in tasks.get(task, {}):
+            plan = tasks[task]["planned"]
+            if plan.get("mde") is not None:
+                out.append(f"{label}, planning: a comparison at n={plan['n']} would detect ±{plan['mde'] * 100:.1f} pts "
+                           f"if {plan['assumption']}.")
+    if "judge" in tasks:
+        j = tasks["judge"]
+        v = j["verdicts"]
+        out.append(f"Judge: {v['judged']} verdicts (every pair in both orders), {v['unreadable']} unreadable "
+                   "(left out, not guessed). Intervals resample prompts, both orders of a prompt together.")
+        pairs = j.get("pairs", {})
+        if pairs.get("left_out"):
+            failed = pairs["failed_answers"]
+            out.append(f"Judge: {pairs['left_out']} of {pairs['total']} pairs left out because an answer failed "
+                       f"(model {failed['model']}, baseline {failed['baseline']}): a failed call is not a loss.")
+        if no_signal(j):
+            out.append(f"Judge: no signal in its win rate ({j.get('no_signal_reason', '')}): it cannot tell the "
+                       "answers apart, so any two models score about 50% with it; the numbers are in results.json.")
+    return out
+
+
 def render_html(results: dict, pictures: list[str]) -> str:
     esc = html.escape
     roles = " · ".join(f"<b>{esc(k)}</b>: {esc(str(v))}" for k, v in results["roles"].items())
     table = "".join(
-        f"<tr><td>{esc(task)}</td><td>{esc(name)}</td><td>{v}</td><td>{ci}</td><td>{est.get('n', 0)} "
-        f"{esc(est.get('unit', ''))}</td><td>{esc(est.get('method', ''))}</td></tr>"
-        for task, name, est in figures(results) for v, ci in [_fmt(est, _kind(task, name))])
-    notes = []
-    if "judge" in results["tasks"]:
-        v = results["tasks"]["judge"]["verdicts"]
-        notes.append(f"Judge: {v['judged']} verdicts (every pair in both orders), {v['unreadable']} unreadable "
-                     "(left out, not guessed). Intervals resample prompts, both orders of a prompt together.")
+        f"<tr><td>{esc(task)}</td><td>{esc(name)}</td><td>{esc(v)}</td><td>{esc(ci)}</td><td>{est.get('n', 0)} "
+        f"{esc(est.get('unit', 'items' if 'detectable' in name else ''))}</td><td>{esc(est.get('method', ''))}</td></tr>"
+        for task, name, est in figures(results) for v, ci in [_cell(results, task, name, est)])
     images = "".join(f'<figure><img src="{esc(p)}" alt="{esc(p)}"></figure>' for p in pictures)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>synthpost eval</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
@@ -116,7 +177,7 @@ per-item answers, verdicts and scores: <a href="items.jsonl">items.jsonl</a> ·
 all figures: <a href="results.json">results.json</a></p>
 <table><tr><th>task</th><th>figure</th><th>value</th><th>95% interval</th><th>n</th><th>method</th></tr>
 {table}</table>
-<p>{'<br>'.join(esc(n) for n in notes)}</p>
+<p>{'<br>'.join(esc(n) for n in notes(results))}</p>
 {images}
 </body></html>
 """
@@ -129,15 +190,29 @@ def summary_line(results: dict, output: str) -> str:
         if task in tasks:
             est = tasks[task]["model"]
             value, ci = _fmt(est, "percent")
-            parts.append(f"{label} {value} {ci} n={est['n']}")
+            part = f"{label} {value} {ci} n={est['n']}"
+            if "difference" in tasks[task]:
+                diff, dci = _fmt(tasks[task]["difference"], "points")
+                part += f", Δ {diff} {dci}"
+            det = tasks[task].get("detectable")
+            if det:
+                part += (", detectable n/a" if det.get("mde") is None else
+                         f", detectable ±{det['mde'] * 100:.1f} pts: "
+                         + ("cleared" if det["clears"] else "not cleared"))
+            parts.append(part)
     if "judge" in tasks:
         j = tasks["judge"]
-        value, ci = _fmt(j["win_rate"], "percent")
-        lc, _ = _fmt(j["length_controlled_win_rate"], "percent")
         bias = j["position_bias"]["value"]
-        parts.append(f"judge win rate {value} {ci} (LC {lc}, position bias "
-                     f"{'n/a' if bias is None else f'{bias:+.2f}'}, {j['verdicts']['unreadable']} unreadable "
-                     f"of {j['verdicts']['judged']})")
+        left_out = j.get("pairs", {}).get("left_out", 0)
+        tail = (f"position bias {'n/a' if bias is None else f'{bias:+.2f}'}, {j['verdicts']['unreadable']} "
+                f"unreadable of {j['verdicts']['judged']}" + (f", {left_out} pairs left out (failed answers)"
+                                                              if left_out else ""))
+        if no_signal(j):
+            parts.append(f"judge win rate {NO_SIGNAL} ({j.get('no_signal_reason', '')}; {tail})")
+        else:
+            value, ci = _fmt(j["win_rate"], "percent")
+            lc, _ = _fmt(j["length_controlled_win_rate"], "percent")
+            parts.append(f"judge win rate {value} {ci} (LC {lc}, {tail})")
     if "reward" in tasks:
         value, ci = _fmt(tasks["reward"]["model_mean"], "number")
         parts.append(f"reward {value} {ci}")

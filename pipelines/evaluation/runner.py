@@ -107,8 +107,15 @@ def verifiable(cfg: EvalConfig, task: str, items: list[dict], answers: dict, key
             out[f"{side}_by_level"] = {level: stats.accuracy(v, cfg.stats.confidence).to_dict()
                                        for level, v in tasks.by_level(items, outcomes).items()}
     if "baseline" in scored:
-        out["difference"] = stats.paired_difference([r[key] for r in scored["model"]],
-                                                    [r[key] for r in scored["baseline"]], **_stats_kw(cfg)).to_dict()
+        mine, theirs = [r[key] for r in scored["model"]], [r[key] for r in scored["baseline"]]
+        out["difference"] = stats.paired_difference(mine, theirs, **_stats_kw(cfg)).to_dict()
+        out["detectable"] = stats.detectable_difference(mine, theirs, cfg.stats.confidence, cfg.stats.power,
+                                                        cfg.stats.expected_gain or None)
+    reference = out.get("baseline", out["model"])
+    if reference["value"] is not None:  # what a later comparison at this n could detect, before its data
+        p = reference["value"]
+        out["planned"] = stats.planned_detectable_difference(reference["n"], p, p, cfg.stats.confidence,
+                                                             cfg.stats.power)
     for i, item in enumerate(items):
         row = {"task": task, "id": item["id"], "prompt": item.get("question", item.get("prompt")),
                "reference": item.get("answer", item.get("entry_point"))}
@@ -121,33 +128,60 @@ def verifiable(cfg: EvalConfig, task: str, items: list[dict], answers: dict, key
 
 
 def judge_task(cfg: EvalConfig, items: list[dict], answers: dict, judge_model, rows: list) -> dict:
-    """Blind pairwise judging of model vs baseline, both orders; win rate, LC win rate, bias, consistency."""
+    """Blind pairwise judging of model vs baseline, both orders; win rate, LC win rate, bias, consistency.
+
+    A pair whose answer failed on either side (the call returned no completion) is left out and
+    counted, as math leaves a failed answer out of its accuracy: an empty answer is not a loss. The
+    win rate is marked `signal: false` when the judge's order consistency or position bias shows it
+    cannot tell the answers apart (`stats.judge_signal`); the figures stay in the results."""
+    done = {side: [c.ok for c in answers[side]["open"]] for side in ("model", "baseline")}
+    kept = [i for i in range(len(items)) if done["model"][i] and done["baseline"][i]]
     answer_m = [tasks.answer_text(c) for c in answers["model"]["open"]]
     answer_b = [tasks.answer_text(c) for c in answers["baseline"]["open"]]
-    instructions = [item["instruction"] for item in items]
-    completions = model_roles.generate(judge_model, pairwise.both_orders(cfg.pairwise, instructions, answer_m, answer_b),
-                                  f"pairwise verdicts ({judge_model.name}, both orders)")
+    instructions = [items[i]["instruction"] for i in kept]
+    pairs_m, pairs_b = [answer_m[i] for i in kept], [answer_b[i] for i in kept]
+    completions = model_roles.generate(judge_model, pairwise.both_orders(cfg.pairwise, instructions, pairs_m, pairs_b),
+                                       f"pairwise verdicts ({judge_model.name}, both orders)") if kept else []
     judgements = pairwise.collect(completions)
+    by_item = dict(zip(kept, judgements))
     ab = [j.score_ab for j in judgements]
     ba = [j.score_ba for j in judgements]
-    length_diff = [len(m) - len(b) for m, b in zip(answer_m, answer_b)]
+    length_diff = [len(m) - len(b) for m, b in zip(pairs_m, pairs_b)]
     kw = _stats_kw(cfg)
     lc_kw = {**kw, "samples": max(1, kw["samples"] // 2)}
-    for item, m, b, j in zip(items, answer_m, answer_b, judgements):
-        rows.append({"task": "judge", "id": item["id"], "domain": item["domain"], "lang": item.get("lang", ""),
-                     "prompt": item["instruction"], "answer_model": m, "answer_baseline": b,
-                     "length_model": len(m), "length_baseline": len(b),
-                     "verdict_ab": j.verdict_ab, "verdict_ba": j.verdict_ba, "score_ab": j.score_ab,
-                     "score_ba": j.score_ba, "reply_ab": j.reply_ab, "reply_ba": j.reply_ba})
+    for i, (item, m, b) in enumerate(zip(items, answer_m, answer_b)):
+        row = {"task": "judge", "id": item["id"], "domain": item["domain"], "lang": item.get("lang", ""),
+               "prompt": item["instruction"], "answer_model": m, "answer_baseline": b,
+               "length_model": len(m), "length_baseline": len(b)}
+        j = by_item.get(i)
+        if j is None:
+            failed = [side for side in ("model", "baseline") if not done[side][i]]
+            row.update(left_out="failed answer: " + " and ".join(failed),
+                       error={side: answers[side]["open"][i].error for side in failed})
+        else:
+            row.update(verdict_ab=j.verdict_ab, verdict_ba=j.verdict_ba, score_ab=j.score_ab, score_ba=j.score_ba,
+                       reply_ab=j.reply_ab, reply_ba=j.reply_ba)
+        rows.append(row)
+    bias = stats.position_bias(ab, ba, **kw).to_dict()
+    consistency = stats.order_consistency(ab, ba, cfg.stats.confidence).to_dict()
+    signal, why = stats.judge_signal(consistency["value"], bias["value"], cfg.stats.min_order_consistency,
+                                     cfg.stats.max_position_bias)
     return {
         "judge": judge_model.name,
         "win_rate": stats.win_rate(ab, ba, **kw).to_dict(),
         "length_controlled_win_rate": stats.length_controlled_win_rate(ab, ba, length_diff, **lc_kw).to_dict(),
-        "position_bias": stats.position_bias(ab, ba, **kw).to_dict(),
-        "order_consistency": stats.order_consistency(ab, ba, cfg.stats.confidence).to_dict(),
+        "position_bias": bias,
+        "order_consistency": consistency,
+        "signal": signal,
+        "no_signal_reason": why,
+        "signal_rule": {"min_order_consistency": cfg.stats.min_order_consistency,
+                        "max_position_bias": cfg.stats.max_position_bias},
+        "pairs": {"total": len(items), "judged": len(kept), "left_out": len(items) - len(kept),
+                  "failed_answers": {side: done[side].count(False) for side in done}},
         "verdicts": {"judged": 2 * len(judgements), "unreadable": sum(v is None for v in ab + ba),
                      "model_first": outcome_counts(ab), "model_second": outcome_counts(ba)},
-        "mean_length": {"model": sum(map(len, answer_m)) / len(items), "baseline": sum(map(len, answer_b)) / len(items)},
+        "mean_length": {"model": sum(map(len, pairs_m)) / len(kept) if kept else None,
+                        "baseline": sum(map(len, pairs_b)) / len(kept) if kept else None},
     }
 
 
@@ -161,7 +195,13 @@ def reward_task(cfg: EvalConfig, items: list[dict], answers: dict, scorer, rows:
     """Mean reward of the model's answers (and the baseline's) on the same instructions."""
     prompts = [item["instruction"] for item in items]
     texts = {side: [tasks.answer_text(c) for c in answers[side]["open"]] for side in answers}
-    rewards = {side: [float(v) for v in scorer.score(prompts, texts[side], None)] for side in texts}
+    rewards = {}
+    for side in texts:  # a failed answer is left out (NaN), as math does, not scored as ""
+        ok = [i for i, c in enumerate(answers[side]["open"]) if c.ok]
+        scores = scorer.score([prompts[i] for i in ok], [texts[side][i] for i in ok], None) if ok else []
+        rewards[side] = [float("nan")] * len(prompts)
+        for i, v in zip(ok, scores):
+            rewards[side][i] = float(v)
     kw = _stats_kw(cfg)
     out: dict[str, Any] = {"scorer": getattr(scorer, "name", type(scorer).__name__)}
     for side, values in rewards.items():

@@ -186,3 +186,100 @@ def length_controlled_win_rate(ab: Sequence[Verdict], ba: Sequence[Verdict], len
     low, high = _percentiles(np.array(draws), confidence)
     return Estimate(value, low, high, int(prompts.size), "prompts",
                     "length-controlled logistic regression, bootstrap over prompts")
+
+
+# -- what a paired comparison can detect -----------------------------------------------------------
+# Two models scored 0/1 on the same n items. Per item the difference D = a - b is +1 (only the model
+# right), -1 (only the baseline right) or 0 (concordant). With p10, p01 the shares of the two kinds of
+# discordant item, the discordant share psi = p10 + p01 and the true difference delta = p10 - p01:
+#     E[D] = delta,   Var[D] = psi - delta**2,   so  SE(mean D) = sqrt((psi - delta**2) / n).
+# McNemar's test of delta = 0 (normal form: z = (b - c) / sqrt(b + c), b and c the discordant counts)
+# rejects at two-sided level alpha when |mean D| > z_{1-alpha/2} * sqrt(psi / n). Its power at a true
+# delta > 0 is  Phi((delta - z_{1-alpha/2} sqrt(psi/n)) / sqrt((psi - delta**2)/n)).  Setting the
+# power to 1 - beta and taking psi - delta**2 ~ psi (delta**2 is small beside psi at the differences in
+# question) gives the minimum detectable difference
+#     MDE = (z_{1-alpha/2} + z_{1-beta}) * sqrt(psi / n).
+# Dropping delta**2 makes the MDE slightly larger than the exact solution (conservative): at psi=0.2,
+# n=300 the power at this MDE is 0.803, not 0.800. The same formula, solved for n, is the number of
+# items an expected gain g needs: n = ((z_{1-alpha/2} + z_{1-beta}) / g)**2 * psi.
+# Without data (a planned run) psi has to be assumed: if the two models' outcomes were independent
+# given their accuracies p_a, p_b, psi = p_a (1 - p_b) + p_b (1 - p_a). Models that agree more than
+# chance (a policy trained from the baseline) have a smaller psi, so that planned MDE is an upper bound.
+MDE_METHOD = "McNemar normal approximation: (z_{1-alpha/2} + z_power) * sqrt(discordant share / n)"
+
+
+def minimum_detectable_difference(n: int, discordant_share: float, confidence: float = 0.95,
+                                  power: float = 0.8) -> float:
+    """The smallest true paired difference (a share) that a two-sided McNemar test at level
+    1 - confidence detects with probability `power`, at n items with that discordant share.
+    NaN when there are no items or no discordant share to base it on."""
+    if n <= 0 or not discordant_share > 0:
+        return math.nan
+    return (_z(confidence) + float(norm.ppf(power))) * math.sqrt(discordant_share / n)
+
+
+def items_needed(gain: float, discordant_share: float, confidence: float = 0.95, power: float = 0.8) -> int | None:
+    """Items needed for `gain` to be the minimum detectable difference (None without a share or gain)."""
+    if not gain > 0 or not discordant_share > 0:
+        return None
+    return math.ceil(((_z(confidence) + float(norm.ppf(power))) / gain) ** 2 * discordant_share)
+
+
+def independent_discordance(p_a: float, p_b: float) -> float:
+    """The discordant share of two models whose outcomes are independent given their accuracies
+    (the planning assumption; an upper bound for models that agree more than chance)."""
+    return p_a * (1 - p_b) + p_b * (1 - p_a)
+
+
+def detectable_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, power: float = 0.8,
+                          expected_gain: float | None = None) -> dict:
+    """The minimum detectable difference of a paired 0/1 comparison at its n, from the observed
+    discordance, and whether the observed difference clears it. Items either model could not be
+    scored on (NaN) are left out, as in `paired_difference`. JSON-ready (no NaN)."""
+    if len(a) != len(b):
+        raise ValueError(f"detectable_difference needs one score per item from each model: {len(a)} vs {len(b)}")
+    pairs = [(x, y) for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
+    n = len(pairs)
+    model_only = sum(1 for x, y in pairs if x > y)
+    baseline_only = sum(1 for x, y in pairs if x < y)
+    share = (model_only + baseline_only) / n if n else math.nan
+    observed = (model_only - baseline_only) / n if n else math.nan
+    mde = minimum_detectable_difference(n, share, confidence, power)
+    out = {"n": n, "model_only": model_only, "baseline_only": baseline_only,
+           "discordant_share": share, "alpha": round(1 - confidence, 10), "power": power,
+           "mde": mde, "observed": observed, "clears": None if math.isnan(mde) else abs(observed) >= mde,
+           "method": MDE_METHOD}
+    if expected_gain:
+        needed = items_needed(expected_gain, share, confidence, power)
+        out.update(expected_gain=expected_gain, n_needed=needed,
+                   enough_items=None if needed is None else n >= needed)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def planned_detectable_difference(n: int, p_a: float, p_b: float, confidence: float = 0.95,
+                                  power: float = 0.8) -> dict:
+    """The MDE of a run not yet made: n items, accuracies p_a and p_b, outcomes assumed independent."""
+    share = independent_discordance(p_a, p_b)
+    mde = minimum_detectable_difference(n, share, confidence, power)
+    return {"n": n, "discordant_share": share, "mde": None if math.isnan(mde) else mde, "power": power,
+            "alpha": round(1 - confidence, 10),
+            "assumption": f"outcomes independent given accuracies {p_a:.3f} and {p_b:.3f} "
+                          f"(an upper bound on the discordance of models that agree more than chance)"}
+
+
+# -- can a judge's win rate be read at all ---------------------------------------------------------
+def judge_signal(order_consistency: float | None, position_bias: float | None, min_consistency: float = 0.6,
+                 max_bias: float = 0.3) -> tuple[bool, str]:
+    """(signal, why not). A judge whose verdicts flip when the answers swap places (order consistency
+    below `min_consistency`) or that favours one position (|position bias| above `max_bias`) gives a
+    win rate near 50% whatever the answers: it carries no signal. Unknown figures carry none either."""
+    reasons = []
+    if order_consistency is None or math.isnan(order_consistency):
+        reasons.append("order consistency unknown (no prompt readable in both orders)")
+    elif order_consistency < min_consistency:
+        reasons.append(f"order consistency {order_consistency:.2f} < {min_consistency:g}")
+    if position_bias is None or math.isnan(position_bias):
+        reasons.append("position bias unknown (no readable verdict)")
+    elif abs(position_bias) > max_bias:
+        reasons.append(f"position bias {position_bias:+.2f} beyond ±{max_bias:g}")
+    return not reasons, "; ".join(reasons)
