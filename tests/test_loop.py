@@ -186,7 +186,9 @@ def test_the_prompts_step_writes_the_seed_corpus_and_the_first_problems_as_refer
 def test_training_math_problems_are_disjoint_from_the_eval_set_and_exact():
     eval_questions = [item["question"] for item in eval_sets.load("math")]
     rows, dropped = math_train.disjoint_from_eval(math_train.make_problems(600, seed=1), eval_questions)
-    assert len(rows) == 600 and dropped == {"same_question": 0, "shared_ngram": 0}
+    # the generator's own wording never equals an eval question, but its short arithmetic can restate one
+    assert dropped["same_question"] == dropped["shared_ngram"] == 0 and len(rows) + dropped["restated_question"] == 600
+    assert 0 < dropped["restated_question"] < 60
     assert rows == math_train.disjoint_from_eval(math_train.make_problems(600, seed=1), eval_questions)[0]
     assert [r["level"] for r in rows[:8]] == [1, 2, 3, 4, 1, 2, 3, 4]
     eval_grams = set().union(*(math_train.ngrams(q, 8) for q in eval_questions))
