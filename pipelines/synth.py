@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -29,7 +30,8 @@ from datagen.filters import calibration
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
 from datagen.config_loader import ConfigError, format_keys, load_config, parse_overrides, to_dict
 from datagen.stages.consistency import ConsistencyStage
-from datagen.stages.critique import CritiqueStage, enforce_min_auc, judge_check
+from datagen.stages.critique import (COPIED_RATIONALES, CritiqueStage, JudgeCheck, JudgeCheckFailed, enforce_min_auc,
+                                     judge_check, read_check)
 from datagen.stages.decontam import DecontamStage
 from datagen.stages.dedup import DedupStage
 from datagen.stages.evolve import EvolveStage, stage_names as evolve_stage_names
@@ -43,7 +45,7 @@ from datagen.output.writer import WriteRecords
 from datagen.stages.respond import RespondStage
 from datagen.stages.rules import RulesStage
 from datagen.stages.seeds import SeedsStage
-from datagen.stage import CALLS_NAMESPACE
+from datagen.stage import CALLS_NAMESPACE, STATS_NAMESPACE_PREFIX
 from posttrain.model_registry import register_models
 from pipelines import dataflow, push
 from pipelines.synth_config import SynthConfig
@@ -117,17 +119,21 @@ def stage_order(cfg: SynthConfig) -> list[str]:
             and (s != "decontam_answers" or cfg.decontam.answers)]
 
 
-def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False) -> None:
+def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False, judge_check_in_job: bool = False) -> None:
     """Compose the stages; kept records go to data/, every rejected one to rejects/.
 
     Stages stream into each other where Beam fuses them; `barriers=True` (benchmarks only)
-    materialises every stage's output before the next starts, as batch tools do."""
+    materialises every stage's output before the next starts, as batch tools do.
+    `judge_check_in_job`: the judge check is the job's first step (where the judge runs on the
+    workers): the seeds' records reach `generate` only after it passed (datagen/stages/critique.py)."""
     models = models_with_cache(cfg)
     evolve_cfg = evolve_config(cfg)
     domains = [*cfg.generate.domains, *cfg.generate.low_resource_domains]
     seeds = p | "seeds" >> SeedsStage(cfg.seeds)
     rejected = [seeds.rejected]
     records = seeds.kept
+    if judge_check_in_job:
+        records = records | "judge_check" >> JudgeCheck(cfg.critique, models[cfg.critique.model], cfg.output.dir)
     stages = [
         ("generate", GenerateStage(cfg.generate, models)),
         ("evolve", EvolveStage(evolve_cfg, models)),
@@ -164,6 +170,14 @@ def cache_counts(result: Any) -> dict[str, int]:
     return counts
 
 
+def counter_total(result: Any, namespace: str, name: str) -> int:
+    total = 0
+    for counter in result.metrics().query()["counters"]:
+        if (counter.key.metric.namespace, counter.key.metric.name) == (namespace, name):
+            total += int(counter.committed if counter.committed is not None else counter.attempted)
+    return total
+
+
 def preflight(cfg: SynthConfig, local: bool) -> list[registry.ModelConfig]:
     """Resolve every model before the run, so a bad alias or path fails in one line.
     Remote workers resolve their own paths; here we only check what can be checked."""
@@ -184,21 +198,37 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
     return runs_on_this_machine(options) and mode in (None, "in_memory", "multi_threading")
 
 
-def run_judge_check(cfg: SynthConfig, options: PipelineOptions) -> dict | None:
-    """The critique judge grades the calibration pairs before any stage runs (cached like any call);
-    a weak judge is said out loud, one below critique.min_auc stops the run (JudgeCheckFailed)."""
-    model = models_with_cache(cfg)[cfg.critique.model]
-    if not cfg.critique.judge_check or options.get_all_options().get("dry_run"):
+def judge_check_place(cfg: SynthConfig, options: PipelineOptions) -> str | None:
+    """Where the judge check runs: "launcher" (before the job, against the judge as this machine
+    reaches it), "job" (the job's first step, on the workers that run the judge), None (off)."""
+    if not cfg.critique.judge_check:
         return None
-    if not runs_on_this_machine(options) and model.backend != "openai":
-        log.info("judge check skipped: the judge model runs on the workers")
-        return None
-    check = judge_check(cfg.critique, registry.get_llm(model))
-    log.info("judge check: AUC %.2f on %d calibration pairs (%s grades of %s; sampled %.2f%s)", check["auc"],
+    if cfg.critique.judge_check_where != "auto":
+        return cfg.critique.judge_check_where
+    model = cfg.models[cfg.critique.model]
+    return "launcher" if runs_on_this_machine(options) or model.backend == "openai" else "job"
+
+
+def log_judge_check(check: dict) -> None:
+    base = check.get("baselines") or {}
+    log.info("judge check (%s): AUC %.2f on %d calibration pairs (%s grades of %s; sampled %.2f%s); "
+             "prefer-the-longer %.2f, first-graded %.2f", check.get("where", "launcher"), check["auc"],
              check["pairs"], check["grading"], "+".join(check["aspects"]), check["auc_sampled"],
-             "" if check["auc_logprobs"] is None else f", logprobs {check['auc_logprobs']:.2f}")
+             "" if check["auc_logprobs"] is None else f", logprobs {check['auc_logprobs']:.2f}",
+             base.get("longer", float("nan")), base.get("first_graded", float("nan")))
     if calibration.warning_line(check):
         log.warning("%s", calibration.warning_line(check))
+
+
+def run_judge_check(cfg: SynthConfig, options: PipelineOptions) -> dict | None:
+    """From the launcher: the critique judge grades the calibration pairs before any stage runs (cached
+    like any call); a weak judge is said out loud, one that fails the gate stops the run
+    (JudgeCheckFailed). Where the judge runs on the workers the check is the job's first step instead."""
+    if judge_check_place(cfg, options) != "launcher" or options.get_all_options().get("dry_run"):
+        return None
+    model = models_with_cache(cfg)[cfg.critique.model]
+    check = {**judge_check(cfg.critique, registry.get_llm(model)), "where": "launcher"}
+    log_judge_check(check)
     enforce_min_auc(check, cfg.critique)
     if not runs_in_this_process(options):
         registry.shutdown_all()  # the workers start their own servers
@@ -216,16 +246,24 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
         cached = models_with_cache(cfg)
         registry.prestart([cached[n] for n in cfg.models if cfg.models[n] in used])
     check = run_judge_check(cfg, options)
+    in_job = judge_check_place(cfg, options) == "job"
     out = cfg.output.dir
     log.info("output: %s", out if "://" in out else os.path.abspath(out))
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, cfg)
+    build(pipeline, cfg, judge_check_in_job=in_job)
     progress.reset()
     with progress.ProgressPrinter(stage_order(cfg)):
         result = pipeline.run()
         result.wait_until_finish()
     if options.get_all_options().get("dry_run"):
         return dry_run_summary(result, options)
+    if in_job:
+        check = read_check(cfg.output.dir)
+        if check:
+            log_judge_check(check)
+    if check is not None:  # rationales the run's critiques copied from the prompt (stored as "")
+        check["copied_rationales_in_run"] = counter_total(result, STATS_NAMESPACE_PREFIX + "critique",
+                                                          COPIED_RATIONALES)
     stats = collect_stage_stats(result, stage_order(cfg))
     summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started, judge_check=check)
     summary["seeds"] = stats.get("seeds", {}).get("in", 0)
@@ -246,6 +284,7 @@ def dry_run_summary(result: Any, options: PipelineOptions) -> dict[str, Any]:
     translated = {
         "container_images": images,
         "transforms": sorted(t.unique_name for t in components.transforms.values()),
+        **job_graph(job.proto_pipeline),
         "dataflow_service_options": every.get("dataflow_service_options") or [],
         **dataflow.job_environment(result, options),  # experiments, machine type, disk: as submitted
     }
@@ -259,6 +298,32 @@ def dry_run_summary(result: Any, options: PipelineOptions) -> dict[str, Any]:
             json.dump(translated, f, indent=2)
         summary["job_file"] = job_file
     return summary
+
+
+def job_graph(proto: Any) -> dict[str, dict[str, list[str]]]:
+    """What waits for what in a translated job: `consumers` (top-level step → the top-level steps that
+    read its output) and `side_inputs` (step → the steps whose output it reads as a side input)."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    transforms = proto.components.transforms
+    producer = {pcoll: t.unique_name for t in transforms.values() if not t.subtransforms
+                for pcoll in t.outputs.values()}
+    roots = [transforms[i] for i in proto.root_transform_ids]
+    while len(roots) == 1 and roots[0].subtransforms:  # a wrapper around the whole pipeline
+        roots = [transforms[i] for i in roots[0].subtransforms]
+    consumers = {}
+    for root in roots:
+        outputs = set(root.outputs.values())
+        consumers[root.unique_name] = sorted(other.unique_name for other in roots
+                                             if other is not root and outputs & set(other.inputs.values()))
+    side_inputs = {}
+    for t in transforms.values():
+        if t.spec.urn == common_urns.primitives.PAR_DO.urn:
+            names = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs
+            if names:
+                side_inputs[t.unique_name] = sorted(producer[t.inputs[name]] for name in names)
+    return {"consumers": consumers, "side_inputs": side_inputs}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -275,6 +340,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     if check:
         print(f"judge check:      AUC {check['auc']:.2f} on {check['pairs']} calibration pairs"
               + ("  — WEAK: the critique filters nothing meaningful" if check["weak"] else ""))
+        if check.get("baselines"):
+            print(f"  baselines:      prefer-the-longer {check['baselines']['longer']:.2f}, first-graded "
+                  f"{check['baselines']['first_graded']:.2f} (graders that do not read the answers)")
         print(f"judge calls:      {check['calls']}  ({check['calls_from_cache']} from cache)")
     print(f"model calls:      {cache['calls']}  ({cache['hits']} from cache)")
     print(f"wall time:        {summary['wall_seconds']:.0f} s")
@@ -296,12 +364,16 @@ def main(argv: list[str] | None = None) -> int:
             require_token()  # before the run, not after it
         summary = run(cfg, beam_args)
     except (ConfigError, InferenceError, FileNotFoundError, ValueError, PushError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {judge_check_failure(err) or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: model servers stopped", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - Beam wraps stage errors; show the root cause
+        failed_check = judge_check_failure(err)
+        if failed_check:  # the check inside the job: the same one line and exit code as the launcher's
+            print(f"error: {failed_check}", file=sys.stderr)
+            return 2
         print(f"error: {root_cause(err)}", file=sys.stderr)
         return 1
     finally:
@@ -310,6 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.output.push_to_hub and "dry_run" not in summary:
         return push.push_and_report(cfg.output.dir, cfg.output.push_to_hub, cfg.output.private)
     return 0
+
+
+def judge_check_failure(err: BaseException) -> str:
+    """The judge check's failure inside a job, however the runner wrapped it ("" if it is not one):
+    the exception itself in this process, its text in a remote runner's error."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, JudgeCheckFailed):
+            return str(seen).split(" [while running", 1)[0].strip()
+        seen = seen.__cause__ or seen.__context__
+    match = re.search(rf"{JudgeCheckFailed.__name__}: (.+?stopped before any stage ran)", str(err))
+    return match.group(1) if match else ""
 
 
 def root_cause(err: BaseException) -> str:

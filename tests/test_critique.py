@@ -209,3 +209,22 @@ def test_per_aspect_floor_and_chat_style_come_from_config():
     assert rejected[0].lineage[0].template_id == CHAT_TEMPLATE_ID
     assert chat_judge.calls[0].messages[0][0] == "system"
     assert counters == {"in": 1, "rejected:low_critique_score": 1}  # counters never incremented are absent
+
+
+def test_a_rationale_that_repeats_the_prompts_own_example_is_kept_out_of_the_dataset_and_counted():
+    """The demo judge wrote "On topic and clear, but the sum is wrong." about a haiku and "Correct and
+    clear, though brief." about most answers: the few-shot prompt's rationales, not its own."""
+    copied = {"copy one": grades(4, 4, 3, 4, 4, "Correct and clear, though brief."),
+              "copy two": grades(4, 4, 3, 4, 4, "on topic and clear but the sum is wrong"),
+              "own words": grades(4, 4, 3, 4, 4, "Correct, though it skips the carry.")}
+    judge = FakeLLM(lambda r: copied[r.prompt.rsplit("### Answer\n", 1)[1].split("\n### Grades", 1)[0]], name="cp")
+    kept, rejected, counters = run_critique([answered("a", "copy one"), answered("b", "copy two"),
+                                             answered("c", "own words")], judge)
+    assert [(r.seed_id, r.critique.rationale, r.critique.scores["accuracy"]) for r in kept] == [
+        ("a", "", 4), ("b", "", 4), ("c", "Correct, though it skips the carry.", 4)]
+    assert counters["copied_rationales"] == 2 and rejected == []
+    # the chat prompt's own placeholder is no rationale either
+    chat = read_critique("Accuracy: 4\nRelevance: 4\nCompleteness: 4\nUsefulness: 4\nClarity: 4\n"
+                         "Rationale: one sentence explaining the scores", CritiqueConfig(style="chat"))
+    assert (chat.rationale, chat.copied_rationale, chat.mean) == ("", True, 4.0)
+    assert read_critique(grades(4, 4, 3, 4, 3, "Right."), CritiqueConfig()).copied_rationale is False

@@ -105,3 +105,27 @@ def test_worker_image_can_bake_weights_without_keeping_the_token():
     assert "--mount=type=secret,id=hf_token" in dockerfile[:download]
     assert download < dockerfile.index("COPY datagen")  # code edits do not re-download the weights
     assert not re.search(r"^(ENV|ARG) .*HF_TOKEN", dockerfile, re.MULTILINE)
+
+
+def test_the_judge_check_is_the_jobs_first_step_and_every_stage_waits_for_it(tmp_path):
+    """dataflow_gpu.yaml's judge runs on the workers: the translated job grades the calibration pairs
+    there, and the seeds reach the first model stage only through a gate that reads the check as a
+    side input (a failing check fails the job before any stage spends GPU time)."""
+    job = dry_run(tmp_path)
+    assert {"judge_check/pairs", "judge_check/grade", "judge_check/gate"} <= set(job["transforms"])
+    assert job["side_inputs"]["judge_check/gate"] == ["judge_check/grade"]
+    # at the top level: seeds → judge_check (the gate) → generate; rejected seeds need no judge
+    assert job["consumers"]["seeds"] == ["all_rejected", "judge_check"]
+    assert job["consumers"]["judge_check"] == ["generate"]
+    assert "judge_check" not in " ".join(dry_run(tmp_path, "--critique.judge_check", "false")["transforms"])
+
+
+def test_a_check_that_failed_on_the_workers_is_one_line_from_the_runners_error():
+    """Dataflow reports a worker's exception as text inside its own error: the launcher finds the check's."""
+    err = RuntimeError("Dataflow pipeline failed. State: FAILED, Error:\nTraceback (most recent call last):\n"
+                       '  File "apache_beam/runners/common.py", line 1498, in process\n'
+                       "datagen.stages.critique.JudgeCheckFailed: critique judge AUC 0.50 on 50 calibration pairs is "
+                       "below critique.min_auc 0.75: stopped before any stage ran [while running 'judge_check/grade']")
+    assert synth.judge_check_failure(err) == ("critique judge AUC 0.50 on 50 calibration pairs is below "
+                                              "critique.min_auc 0.75: stopped before any stage ran")
+    assert synth.judge_check_failure(RuntimeError("worker lost")) == ""

@@ -33,8 +33,13 @@ def test_three_seed_run_measures_its_judge_with_real_logprobs(tmp_path, no_vllm_
     assert check["pairs"] >= 40 and check["unparsed"] == 0
     # the logprob path is real (vLLM returned top logprobs) and is what the demo grades with
     assert check["grading"] == "logprobs" and check["auc_logprobs"] is not None
-    # measured on this model: accuracy from logprobs 0.82, sampled digits 0.64, all five aspects 0.56
-    assert check["auc"] >= 0.7 and check["auc"] > check["auc_sampled"] and check["auc"] > check["auc_all_aspects"]
+    # measured on this model with the length-balanced pairs (2026-12-07): accuracy from logprobs 0.60, sampled
+    # digits 0.56, all five aspects 0.42, prefer-the-longer 0.50; 0.30 where the good answer is the shorter
+    # one, 0.90 where it is the longer one (on the old pairs, good answer longer in 45 of 50: 0.82 vs 0.92)
+    assert check["auc"] > check["baselines"]["longer"] == 0.5
+    assert check["auc"] > check["auc_sampled"] and check["auc"] > check["auc_all_aspects"]
+    assert check["by_length"]["good_longer"] > check["by_length"]["good_shorter"]  # it leans on length
+    assert check["copied_rationales"] > 0  # 68 of 100: it repeats the prompt's own example rationales
     card = (out / "README.md").read_text()
     assert "## Judge check" in card and f"**{check['auc']:.2f}** with logprobs grades of accuracy" in card
     assert f"judge check:      AUC {check['auc']:.2f} on {check['pairs']} calibration pairs" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 
 import pytest
@@ -155,3 +156,100 @@ def test_bad_calibration_files_are_clear(tmp_path):
     with pytest.raises(calibration.CalibrationError, match="judge calibration file not found"):
         calibration.load_pairs(tmp_path / "none.jsonl")
     assert dataclasses.fields(calibration.CalibrationPair)[-1].name == "flaw"
+
+
+# -- the judge check cannot be passed by answer length (issue 20, point 1) -------------------------
+def test_the_good_answer_is_the_shorter_one_in_about_half_of_every_domain_and_language():
+    pairs = calibration.load_pairs()
+    for key in ("domain", "lang"):
+        for value in {getattr(p, key) for p in pairs}:
+            picked = [p for p in pairs if getattr(p, key) == value]
+            shorter = sum(len(p.good) < len(p.bad) for p in picked)
+            assert 0.4 <= shorter / len(picked) <= 0.6, (key, value, shorter, len(picked))
+    cells = collections.Counter((p.domain, p.lang) for p in pairs)
+    for cell, n in cells.items():
+        shorter = sum(len(p.good) < len(p.bad) for p in pairs if (p.domain, p.lang) == cell)
+        assert n // 2 <= shorter <= (n + 1) // 2, (cell, shorter, n)
+    # a known-bad answer that beats its good one on length is long: at least twice the good one
+    assert all(len(p.bad) >= 2 * len(p.good) for p in pairs if len(p.good) < len(p.bad))
+
+
+def length_judge(longest: int = 400):
+    """Grades every answer by its length alone: the longer, the likelier an accuracy of 4."""
+    def respond(request: Request) -> Completion:
+        answer = request.prompt.rsplit("### Answer\n", 1)[1].rsplit("\n### Grades", 1)[0]
+        p4 = min(0.98, 0.01 + len(answer) / longest)
+        return judged({"4": p4, "1": 1 - p4})
+    return FakeLLM(respond, name="length")
+
+
+def knowing_judge():
+    return pair_judge({"4": 0.8, "3": 0.2}, {"1": 0.7, "2": 0.3})
+
+
+def test_the_check_reports_the_length_and_first_graded_baselines_beside_the_judge():
+    check = judge_check(CritiqueConfig(), knowing_judge())
+    assert check["auc"] == 1.0
+    # prefer-the-longer on the same pairs; first-graded: the answer of a pair the check grades first
+    # (it alternates, so a grader that drifts with call order gains nothing); a constant grader: 0.5
+    assert check["baselines"] == {"longer": 0.5, "longer_unpaired": check["baselines"]["longer_unpaired"],
+                                  "first_graded": 0.5, "constant": 0.5}
+    assert 0.4 <= check["baselines"]["longer_unpaired"] <= 0.6
+    assert check["by_length"] == {"good_shorter": 1.0, "good_longer": 1.0}
+    judge = knowing_judge()
+    judge_check(CritiqueConfig(), judge)
+    answers = [r.prompt.rsplit("### Answer\n", 1)[1].rsplit("\n### Grades", 1)[0] for r in judge.calls]
+    pairs = calibration.load_pairs()
+    assert answers[:4] == [pairs[0].good, pairs[0].bad, pairs[1].bad, pairs[1].good]
+
+
+def test_a_judge_that_grades_by_length_fails_the_gate_and_one_that_knows_the_answers_passes():
+    check = judge_check(CritiqueConfig(), length_judge())
+    assert 0.45 <= check["auc"] <= 0.55 and check["baselines"]["longer"] == 0.5
+    assert check["by_length"] == {"good_shorter": 0.0, "good_longer": 1.0}
+    with pytest.raises(JudgeCheckFailed) as err:
+        enforce_min_auc(check, CritiqueConfig(min_auc=0.75))
+    assert str(err.value).startswith(f"critique judge AUC {check['auc']:.2f} on 50 calibration pairs is below "
+                                     "critique.min_auc 0.75")
+    # even with a lenient min_auc, not beating the length baseline stops the run
+    with pytest.raises(JudgeCheckFailed) as err:
+        enforce_min_auc(check, CritiqueConfig(min_auc=0.3))
+    assert str(err.value) == (f"critique judge AUC {check['auc']:.2f} on 50 calibration pairs is not above 0.50, "
+                              "what preferring the longer answer scores on the same pairs "
+                              "(critique.must_beat_length): stopped before any stage ran")
+    enforce_min_auc(check, CritiqueConfig(min_auc=0.3, must_beat_length=False))
+    enforce_min_auc(check, CritiqueConfig())  # min_auc 0: never stops
+    enforce_min_auc(judge_check(CritiqueConfig(), knowing_judge()), CritiqueConfig(min_auc=0.75))
+
+
+def test_on_pairs_where_the_good_answer_is_longer_the_length_gate_is_what_stops_a_length_judge(tmp_path):
+    """The old shipped pairs (good answer longer in 45 of 50): a length judge cleared min_auc 0.75."""
+    path = tmp_path / "long_good.jsonl"
+    rows = [{"id": f"x{i}", "domain": "math", "lang": "en", "question": f"What is {i} + {i}?",
+             "good": f"{i} + {i} = {2 * i}, because adding a number to itself doubles it." if i % 10 else f"{2 * i}",
+             "bad": f"It is {2 * i + 1}." if i % 10 else f"It is {2 * i + 1}, as adding a number to itself..."}
+            for i in range(1, 21)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = CritiqueConfig(calibration_file=str(path), min_auc=0.75)
+    check = judge_check(cfg, length_judge())
+    assert check["auc"] == check["baselines"]["longer"] == 0.9
+    with pytest.raises(JudgeCheckFailed, match=r"is not above 0.90, what preferring the longer answer scores"):
+        enforce_min_auc(check, cfg)
+    enforce_min_auc(check, dataclasses.replace(cfg, must_beat_length=False))  # min_auc alone let it through
+    card = calibration.describe(check)
+    assert "prefer-the-longer 0.90" in card and "first-graded 0.50" in card
+    assert ["baseline: prefer the longer answer", "0.90"] in calibration.table_rows(check)
+
+
+# -- critique rationales that copy the prompt's own example (issue 20, point 8) -----------------------
+def test_rationales_copied_from_the_prompt_examples_are_counted_in_the_judge_check():
+    def respond(request: Request) -> Completion:
+        answer = request.prompt.rsplit("### Answer\n", 1)[1].rsplit("\n### Grades", 1)[0]
+        why = "Correct and clear, though brief." if len(answer) % 3 else "It names the right gas."
+        text = f" 3\nRelevance: 4\nCompleteness: 3\nUsefulness: 3\nClarity: 4\nRationale: {why}"
+        return Completion(texts=[text], finish_reasons=["stop"])
+    check = judge_check(CritiqueConfig(grading="sampled"), FakeLLM(respond, name="copier"))
+    answers = [a for p in calibration.load_pairs() for a in (p.good, p.bad)]
+    assert check["copied_rationales"] == sum(1 for a in answers if len(a) % 3) > 0
+    assert f"{check['copied_rationales']} of 100 rationales repeat the prompt's own example" in \
+        calibration.describe(check)

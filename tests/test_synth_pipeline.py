@@ -109,3 +109,41 @@ def test_the_judge_check_is_in_stats_and_card_and_min_auc_stops_the_run_first(tm
         "stopped before any stage ran"]
     assert len(fake_model.calls) == 100 and all("graded on five aspects" in c.prompt for c in fake_model.calls)
     assert not (stopped / "stats.json").exists()
+
+
+def knows_the_calibration_answers(request: Request) -> str | list[str]:
+    """The stage fake, but a judge that grades the calibration pairs' known-good answers 4 and known-bad 1."""
+    from datagen.filters.calibration import load_pairs
+    prompt = request.prompt or ""
+    if "graded on five aspects" in prompt:
+        answer = prompt.rsplit("### Answer\n", 1)[1].rsplit("\n### Grades", 1)[0]
+        tier = {p.bad.replace("###", "#"): 1 for p in load_pairs()}.get(answer, 4)
+        return f" {tier}\nRelevance: 4\nCompleteness: 3\nUsefulness: 4\nClarity: 4\nRationale: checked."
+    return respond_as_each_stage(request)
+
+
+def test_the_judge_check_runs_inside_the_job_and_gates_every_stage(tmp_path, fake_model, capsys):
+    """Where the judge runs on the workers (Dataflow: `judge_check_where: auto`), the check is the job's
+    first step: the stages read its result as a side input, so a failing judge stops the job before any
+    stage calls a model, with the same one line and exit 2 as the launcher's check."""
+    write_seeds(tmp_path / "seeds.jsonl")
+    base = ["--seeds", str(tmp_path / "seeds.jsonl"), "--no_cache", "--models.default.backend", FAKE_BACKEND,
+            "--critique.judge_check_where", "job"]
+    stopped = tmp_path / "stopped"
+    assert synth.main([*base, "--output", str(stopped), "--critique.min_auc", "0.6"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: critique judge AUC 0.50 on 50 calibration pairs is below critique.min_auc 0.6: "
+        "stopped before any stage ran"]
+    assert len(fake_model.calls) == 100 and all("graded on five aspects" in c.prompt for c in fake_model.calls)
+    assert not (stopped / "stats.json").exists() and not (stopped / "data").exists()
+
+    fake_model.calls.clear()
+    fake_model.responses = knows_the_calibration_answers
+    registry.install(registry.ModelConfig(backend=FAKE_BACKEND), fake_model)
+    out = tmp_path / "out"
+    assert synth.main([*base, "--output", str(out), "--critique.min_auc", "0.75"]) == 0
+    check = json.loads((out / "stats.json").read_text())["judge_check"]
+    assert (check["where"], check["auc"], check["baselines"]["longer"], check["pairs"]) == ("job", 1.0, 0.5, 50)
+    assert "judge check:      AUC 1.00 on 50 calibration pairs" in capsys.readouterr().out
+    judged = [i for i, c in enumerate(fake_model.calls) if "graded on five aspects" in (c.prompt or "")]
+    assert judged[:100] == list(range(100))  # the check's 100 calls came before any stage's

@@ -16,8 +16,21 @@ stage's judge grades both answers of every pair at the start of a run (`critique
   the same calls; `auc_all_aspects`: the mean of all five aspects instead of `critique.aspects`;
 - `grade_noise`: the pooled spread of grades within the known-good and within the known-bad answers;
   critique-ranked DPO pairs need a margin above it;
+- `baselines`: the AUC on the same pairs of graders that know nothing about the answers — `longer`
+  (grade = the answer's length in characters; `longer_unpaired` across questions), `first_graded`
+  (grade = the order the check grades a pair's two answers in: the judge sees one answer per call, so
+  there is no position within a prompt to prefer; the check grades the good answer first in every
+  other pair, which makes this 0.5 by design, as for `constant`, a grader that gives every answer the
+  same grade). The good answer is the shorter one in half of the shipped pairs, in every domain and
+  language (the known-bad ones there are long, confident and wrong), so `longer` is 0.5 on them;
+  `by_length` gives the judge's AUC on the pairs where the good answer is the shorter and the longer one
+  (a judge that prefers the longer answer scores 0 and 1 there);
+- `copied_rationales`: critiques whose rationale repeats the prompt's own example (not a rationale);
 - `unparsed`, and `weak` when `auc` is below WEAK_AUC: a critique that filters nothing meaningful,
   which the run, the card and the report say out loud.
+
+`gate_failure` is what stops a run (`critique.min_auc` > 0): the judge below `min_auc`, or, with
+`critique.must_beat_length`, not above the prefer-the-longer baseline on the same pairs.
 """
 from __future__ import annotations
 
@@ -80,11 +93,28 @@ def _aucs(good, bad, aspects, use_expected) -> float:
     return auc([_grade(c, aspects, use_expected) for c in good], [_grade(c, aspects, use_expected) for c in bad])
 
 
+def good_first(pairs: Sequence[CalibrationPair]) -> list[bool]:
+    """Per pair, whether the check grades its good answer before its bad one: every other pair, so a
+    grader whose grades drift with the order of its calls gains nothing from the file's layout."""
+    return [i % 2 == 0 for i in range(len(pairs))]
+
+
+def baselines(pairs: Sequence[CalibrationPair], first: Sequence[bool] | None = None) -> dict:
+    """The AUC of graders that do not read the answers, on the same pairs (see the module docstring)."""
+    first = good_first(pairs) if first is None else first
+    good_len, bad_len = [len(p.good) for p in pairs], [len(p.bad) for p in pairs]
+    return {"longer": auc(good_len, bad_len), "longer_unpaired": unpaired_auc(good_len, bad_len),
+            "first_graded": auc([1 if f else 0 for f in first], [0 if f else 1 for f in first]),
+            "constant": auc([1] * len(pairs), [1] * len(pairs))}
+
+
 def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | None],
-              bad: Sequence[ParsedCritique | None], grading: str, aspects: Sequence[str] | None = None) -> dict:
+              bad: Sequence[ParsedCritique | None], grading: str, aspects: Sequence[str] | None = None,
+              first: Sequence[bool] | None = None) -> dict:
     """stats.json's `judge_check` from the judge's critiques of each pair's good and bad answer (None:
     the call failed). The grade is the mean over `aspects` (all when None) of the expected scores
-    (grading logprobs, when the judge returned them) or of the sampled digits."""
+    (grading logprobs, when the judge returned them) or of the sampled digits. `first`: per pair,
+    whether its good answer was graded first (default `good_first`)."""
     with_logprobs = any(c is not None and c.expected for c in (*good, *bad))
     use_expected = grading == "logprobs" and with_logprobs
     aspects = list(aspects or CRITIQUE_ASPECTS)
@@ -92,6 +122,11 @@ def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | 
     for domain in sorted({p.domain for p in pairs}):
         picked = [(g, b) for p, g, b in zip(pairs, good, bad) if p.domain == domain]
         by_domain[domain] = _aucs([g for g, _ in picked], [b for _, b in picked], aspects, use_expected)
+    by_length = {}
+    for name, shorter in (("good_shorter", True), ("good_longer", False)):
+        picked = [(g, b) for p, g, b in zip(pairs, good, bad) if (len(p.good) < len(p.bad)) == shorter]
+        by_length[name] = (_aucs([g for g, _ in picked], [b for _, b in picked], aspects, use_expected)
+                           if picked else None)
     summary = {
         "pairs": len(pairs),
         "grading": "logprobs" if use_expected else "sampled",
@@ -104,7 +139,10 @@ def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | 
         "auc_logprobs": _aucs(good, bad, aspects, True) if with_logprobs else None,
         "auc_all_aspects": _aucs(good, bad, None, use_expected),
         "by_domain": by_domain,
+        "baselines": baselines(pairs, first),
+        "by_length": by_length,
         "unparsed": sum(1 for c in (*good, *bad) if c is None or c.problem),
+        "copied_rationales": sum(1 for c in (*good, *bad) if c is not None and c.copied_rationale),
         "mean_good": _mean([_grade(c, aspects, use_expected) for c in good]),
         "mean_bad": _mean([_grade(c, aspects, use_expected) for c in bad]),
         "grade_noise": grade_noise([_grade(c, aspects, use_expected) for c in good],
@@ -142,6 +180,22 @@ def _mean(values: list[float | None]) -> float | None:
     return round(sum(known) / len(known), 3) if known else None
 
 
+def gate_failure(check: dict, min_auc: float, must_beat_length: bool = True) -> str:
+    """Why the judge check stops the run ("" when it passes or `min_auc` is 0): the judge's AUC below
+    `min_auc`, or (`must_beat_length`) not above what preferring the longer answer scores on the same
+    pairs — a check a judge could pass by answer length measures nothing about judging."""
+    if not check or min_auc <= 0:
+        return ""
+    head = f"critique judge AUC {check['auc']:.2f} on {check['pairs']} calibration pairs is"
+    if check["auc"] < min_auc:
+        return f"{head} below critique.min_auc {min_auc}: stopped before any stage ran"
+    longer = (check.get("baselines") or {}).get("longer")
+    if must_beat_length and longer is not None and check["auc"] <= longer:
+        return (f"{head} not above {longer:.2f}, what preferring the longer answer scores on the same pairs "
+                f"(critique.must_beat_length): stopped before any stage ran")
+    return ""
+
+
 def warning_line(check: dict) -> str:
     """The loud line for a judge below WEAK_AUC ("" when the judge discriminates)."""
     if not check or not check.get("weak"):
@@ -159,15 +213,41 @@ def describe(check: dict) -> str:
         f", the mean of all five aspects {check['auc_all_aspects']:.2f}" if check.get("auc_all_aspects") is not None
         else "")
     across = check.get("auc_unpaired")
-    return (f"The critique judge `{check.get('model', '')}` graded {check['pairs']} calibration pairs (one question, a "
+    text = (f"The critique judge `{check.get('model', '')}` graded {check['pairs']} calibration pairs (one question, a "
             f"known-good and a known-bad answer; every domain, English and Chinese). AUC = the share of pairs whose "
             f"good answer scores higher (ties half; 0.5 is a coin): **{check['auc']:.2f}** with {check['grading']} "
             f"grades of {grade} ({compare}); {check['unparsed']} of {2 * check['pairs']} critiques unreadable."
             + (f" Across questions, which is what the `min_mean` threshold relies on, its grades order good above "
                f"bad answers {across:.2f} of the time." if across is not None else ""))
+    return " ".join([text, *_baseline_sentences(check)])
+
+
+def _baseline_sentences(check: dict) -> list[str]:
+    out = []
+    base, by_length = check.get("baselines"), check.get("by_length") or {}
+    if base:
+        out.append(f"Graders that do not read the answers score, on the same pairs: prefer-the-longer "
+                   f"{base['longer']:.2f}, first-graded {base['first_graded']:.2f} (the judge sees one answer per "
+                   f"call, so no position within a prompt; the check grades the good answer first in every other "
+                   f"pair), constant {base['constant']:.2f}.")
+    if by_length.get("good_shorter") is not None and by_length.get("good_longer") is not None:
+        out.append(f"Where the good answer is the shorter one the judge scores {by_length['good_shorter']:.2f}, where "
+                   f"it is the longer one {by_length['good_longer']:.2f}.")
+    if check.get("copied_rationales") is not None:
+        in_run = check.get("copied_rationales_in_run")
+        out.append(f"{check['copied_rationales']} of {2 * check['pairs']} rationales repeat the prompt's own example"
+                   + (f" ({in_run} of this run's critiques did; their rationale is stored as \"\")"
+                      if in_run is not None else "") + ".")
+    return out
 
 
 def table_rows(check: dict) -> list[list[str]]:
     grade = "+".join(check.get("aspects") or ["all aspects"])
+    base, by_length = check.get("baselines") or {}, check.get("by_length") or {}
     return [[f"grade ({grade})", f"{check['auc']:.2f}"], *[[a, f"{v:.2f}"] for a, v in check["per_aspect"].items()],
-            *[[f"domain {d}", f"{v:.2f}"] for d, v in check["by_domain"].items()]]
+            *[[f"domain {d}", f"{v:.2f}"] for d, v in check["by_domain"].items()],
+            *[[f"pairs where the good answer is the {which.split('_')[1]} one", f"{by_length[which]:.2f}"]
+              for which in ("good_shorter", "good_longer") if by_length.get(which) is not None],
+            *([["baseline: prefer the longer answer", f"{base['longer']:.2f}"],
+               ["baseline: prefer the answer graded first", f"{base['first_graded']:.2f}"],
+               ["baseline: constant grade", f"{base['constant']:.2f}"]] if base else [])]

@@ -9,11 +9,12 @@ fewer than `min_aspects` aspects counts as unparsed (`problem` says why).
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
 import unicodedata
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from datagen.record import CRITIQUE_ASPECTS
 
@@ -44,6 +45,7 @@ class ParsedCritique(NamedTuple):
     rationale: str
     problem: str  # "" when usable, else why not (e.g. "no scores found")
     expected: dict[str, float] = {}  # aspect → expected score under the judge's token probabilities
+    copied_rationale: bool = False  # the judge's rationale repeated the prompt's own example (`rationale` is "")
 
     def grade(self, aspects: Sequence[str] | None = None, use_expected: bool = True) -> float | None:
         """The mean over `aspects` (all scored ones when None) of the expected score where known
@@ -167,6 +169,29 @@ def _rationale(text: str) -> str:
     prose = [line for line in text.splitlines()
              if line.strip() and not line.lstrip().startswith("|") and not _SCORE_LINE.search(line)]
     return " ".join(line.strip() for line in prose)[:1000]
+
+
+# -- rationales that are the prompt's, not the judge's ------------------------------------------------
+COPY_SIMILARITY = 0.8  # difflib ratio of the normalised texts at or above which a rationale is a copy
+
+
+def _normalised(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+
+
+def copies_example(rationale: str, examples: Iterable[str]) -> bool:
+    """Whether `rationale` repeats one of the prompt's own example rationales (case, punctuation and
+    spacing aside, or nearly word for word): a small judge continuing a few-shot pattern copies them
+    ("Correct and clear, though brief." under an answer that is neither)."""
+    mine = _normalised(rationale)
+    if not mine:
+        return False
+    for example in examples:
+        theirs = _normalised(example)
+        if theirs and (mine == theirs or difflib.SequenceMatcher(None, mine, theirs).ratio() >= COPY_SIMILARITY):
+            return True
+    return False
 
 
 # -- grades from token probabilities (G-Eval) -----------------------------------------------------

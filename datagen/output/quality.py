@@ -4,7 +4,8 @@
 adds the run's stage counters and judge check and gives stats.json's `quality`:
 
 - `yield_by_domain`: kept / (kept + rejected) records per domain;
-- `judge`: the critique judge's AUC on the calibration pairs (datagen/filters/calibration.py);
+- `judge`: the critique judge's AUC on the calibration pairs (datagen/filters/calibration.py), beside
+  the AUC of graders that do not read the answers (prefer-the-longer, first-graded);
 - `verification`: kept objective items whose answer is verified (majority by math-verify, or tests
   passed) vs unverifiable (continued as subjective), and the share verified;
 - `answer_chars`: the chosen answers' length distribution (characters);
@@ -76,7 +77,9 @@ class QualityTally:
         return {
             "yield_by_domain": {d: round(c["kept"] / (c["kept"] + c["rejected"]), 3) if c["kept"] + c["rejected"]
                                 else None for d, c in domains.items()},
-            "judge": {k: judge_check.get(k) for k in ("auc", "grading", "pairs", "weak")} if judge_check else None,
+            "judge": {**{k: judge_check.get(k) for k in ("auc", "grading", "pairs", "weak")},
+                      **({"baselines": judge_check["baselines"]} if judge_check.get("baselines") else {})}
+            if judge_check else None,
             "verification": {**objective, "outcomes": dict(sorted(self.outcomes.items())),
                              "share_verified": round(objective["verified"] / objective["kept"], 3)
                              if objective["kept"] else None},
@@ -141,7 +144,9 @@ def markdown_rows(quality: dict) -> list[list[str]]:
         ["yield per domain (kept / all records)",
          ", ".join(f"{d} {v:.0%}" for d, v in quality["yield_by_domain"].items() if v is not None) or "–"],
         ["critique judge AUC (calibration pairs)",
-         f"{judge['auc']:.2f} on {judge['pairs']} pairs ({judge['grading']} grades)"
+         f"{judge['auc']:.2f} on {judge['pairs']} pairs ({judge['grading']} grades"
+         + (f"; graders that do not read the answers: prefer-the-longer {judge['baselines']['longer']:.2f}, "
+            f"first-graded {judge['baselines']['first_graded']:.2f}" if judge.get("baselines") else "") + ")"
          + (" — below 0.6: the critique filters nothing meaningful" if judge.get("weak") else "")
          if judge else "not measured"],
         ["objective items verified",

@@ -14,8 +14,18 @@ the expected tier Σ s·p(s) at the position where it wrote the score (G-Eval); 
 logprobs (transformers) fall back to the sampled digits, as does `grading: sampled`.
 
 The judge check (`judge_check`, run by the pipeline before any stage): the judge grades the shipped
-calibration pairs (datagen/filters/calibration.py); stats.json's `judge_check` gives the AUC, and a judge
-below 0.6 is reported as filtering nothing meaningful; `min_auc` stops such a run before it starts.
+calibration pairs (datagen/filters/calibration.py); stats.json's `judge_check` gives the AUC beside the
+AUC of graders that do not read the answers (prefer-the-longer, first-graded), and a judge below 0.6 is
+reported as filtering nothing meaningful; `min_auc` stops such a run before it starts, as does (with
+`must_beat_length`) a judge not above the prefer-the-longer baseline. It runs where the judge runs:
+from the launcher when the judge is reachable from there (`judge_check_where: auto` on a local runner,
+or an `openai` endpoint), else as the job's first step (`JudgeCheck`): the seeds' records reach the
+first model stage through a gate that reads the check's result as a side input, so no stage starts
+before the check has passed, and a failed check fails the job.
+
+A rationale that repeats the prompt's own example (the few-shot prompt's "Correct and clear, though
+brief.", the chat prompt's "one sentence explaining the scores") is not a rationale: `read_critique`
+stores it as "" (`copied_rationale`), the stage counts it (`copied_rationales`), the judge check too.
 
 The same prompts and parser serve without Beam (the DPO reward judge): `critique_requests(pairs,
 cfg)`, any LLM backend, `read_critique(completion, cfg)` → ParsedCritique (`mean`, or `problem`).
@@ -29,22 +39,30 @@ where the endpoint returns logprobs (vLLM does), `min_mean: 3.0`, `min_each: 2`,
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from datagen.filters import calibration
 from datagen.config_loader import option
-from datagen.filters.critique_parse import ParsedCritique, expected_scores, parse_critique
+from datagen.filters.critique_parse import ParsedCritique, copies_example, expected_scores, parse_critique
 from datagen.inference.base import Completion, Request, SamplingParams
-from datagen.inference.registry import ModelConfig
+from datagen.inference.registry import ModelConfig, get_llm
 from datagen.record import CRITIQUE_ASPECTS, Critique, Record
-from datagen.stage import LLMStageFn, StageResult, run_stage
+from datagen.stage import STATS_NAMESPACE_PREFIX, LLMStageFn, StageResult, run_stage
 
+log = logging.getLogger(__name__)
 STAGE = "critique"
 STYLES = ("fewshot", "chat")
 GRADINGS = ("logprobs", "sampled")
+CHECK_PLACES = ("auto", "launcher", "job")
+COPIED_RATIONALES = "copied_rationales"  # counter in the critique stage's namespace
 
 
 @dataclass
@@ -68,6 +86,11 @@ class CritiqueConfig:
     calibration_file: str = option("", "calibration pairs (JSONL); '' = datagen/data/judge_calibration.jsonl")
     min_auc: float = option(0.0, "stop the run (exit 2) before any stage when the judge check's AUC is below "
                                  "this; 0: never stop (a judge below 0.6 is still reported loudly)")
+    must_beat_length: bool = option(True, "with min_auc > 0, also stop when the judge's AUC is not above what "
+                                          "preferring the longer answer scores on the same calibration pairs")
+    judge_check_where: str = option("auto", "auto: from the launcher when the judge is reachable from it (a local "
+                                            "runner, an openai endpoint), else as the job's first step on the "
+                                            "workers; launcher; job")
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -79,6 +102,9 @@ class CritiqueConfig:
             raise ValueError(f"critique.aspects: {unknown or 'empty'}; choose from {', '.join(CRITIQUE_ASPECTS)}")
         if not 0.0 <= self.min_auc <= 1.0:
             raise ValueError(f"critique.min_auc must be in [0, 1], got {self.min_auc}")
+        if self.judge_check_where not in CHECK_PLACES:
+            raise ValueError(f"critique.judge_check_where must be one of {', '.join(CHECK_PLACES)}, "
+                             f"got {self.judge_check_where!r}")
 
 
 # A completion prompt: the model continues after "Accuracy:" in the format of two graded
@@ -140,6 +166,9 @@ Usefulness: N
 Clarity: N
 Rationale: one sentence explaining the scores"""
 TEMPLATE_VERSION = "1"
+# The prompts' own example rationales: a critique repeating one of them gives no reason of its own.
+PROMPT_RATIONALES = {"fewshot": tuple(re.findall(r"^Rationale: (.+)$", FEWSHOT_PROMPT, re.MULTILINE)),
+                     "chat": tuple(re.findall(r"^Rationale: (.+)$", CHAT_PROMPT, re.MULTILINE))}
 
 
 # -- plain functions: the stage below and the DPO reward judge both use these -------------------
@@ -166,6 +195,8 @@ def read_critique(completion: Completion | str, cfg: CritiqueConfig) -> ParsedCr
     grading logprobs and a completion carrying them, `expected` per aspect too (and `mean` from it)."""
     text = completion if isinstance(completion, str) else completion.text
     parsed = parse_critique(critique_text(text, cfg.style), cfg.min_aspects)
+    if parsed.rationale and copies_example(parsed.rationale, PROMPT_RATIONALES[cfg.style]):
+        parsed = parsed._replace(rationale="", copied_rationale=True)
     if isinstance(completion, str) or cfg.grading != "logprobs" or not completion.logprobs or parsed.problem:
         return parsed
     prefix = FEWSHOT_PREFILL if cfg.style == "fewshot" else ""
@@ -205,6 +236,10 @@ class CritiqueFn(LLMStageFn):
         super().__init__(model)
         self.cfg = cfg
 
+    def setup(self) -> None:
+        super().setup()
+        self._copied = Metrics.counter(STATS_NAMESPACE_PREFIX + STAGE, COPIED_RATIONALES)
+
     def requests(self, record: Record) -> list[Request] | Record:
         if not record.responses:
             return record.rejected(STAGE, "no_responses", "nothing to critique")
@@ -231,6 +266,8 @@ class CritiqueFn(LLMStageFn):
             return record.rejected(STAGE, "critique_unparseable", f"{problem}: {shown[:300]!r}")
         best = max(scored, key=lambda i: (responses[i].score, -i))  # ties: the earlier response
         chosen = parsed[best]
+        if chosen.copied_rationale:  # stored as "": the prompt's example is not this judge's reason
+            self._copied.inc()
         critique = Critique(scores=chosen.scores, rationale=chosen.rationale, model=self.llm.identity,
                             mean=responses[best].score, expected=chosen.expected,
                             grading="logprobs" if chosen.expected else "sampled")
@@ -255,18 +292,29 @@ class CritiqueStage(beam.PTransform):
 
 
 # -- the judge check ------------------------------------------------------------------------------
+JUDGE_CHECK_FILE = "judge_check.json"  # written into the output directory by the check inside a job
+
+
 class JudgeCheckFailed(ValueError):
-    """The judge scored the calibration pairs below `critique.min_auc`."""
+    """The judge scored the calibration pairs below `critique.min_auc`, or not above the length baseline."""
 
 
-def judge_check(cfg: CritiqueConfig, llm) -> dict:
+def judge_check(cfg: CritiqueConfig, llm, pairs: Sequence[calibration.CalibrationPair] | None = None) -> dict:
     """The judge grades every calibration pair's good and bad answer (one call each, through `llm`,
-    so cached like any call); returns stats.json's `judge_check` (datagen/filters/calibration.py)."""
-    pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
-    requests = critique_requests([(p.question, answer) for p in pairs for answer in (p.good, p.bad)], cfg)
+    so cached like any call; the good answer first in every other pair); returns stats.json's
+    `judge_check` (datagen/filters/calibration.py). `pairs`: default `cfg.calibration_file`'s."""
+    if pairs is None:
+        pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
+    first = calibration.good_first(pairs)
+    order = [(p.good, p.bad) if good_first else (p.bad, p.good) for p, good_first in zip(pairs, first)]
+    requests = critique_requests([(p.question, answer) for p, answers in zip(pairs, order) for answer in answers],
+                                 cfg)
     hits_before = getattr(llm, "hits", 0)  # a CachedLLM counts its hits; these calls run outside Beam's metrics
     graded = [read_critique(c, cfg) if c.ok else None for c in llm.generate(requests)]
-    check = calibration.summarize(pairs, graded[0::2], graded[1::2], cfg.grading, cfg.aspects)
+    in_order = list(zip(graded[0::2], graded[1::2]))
+    good = [a if good_first else b for (a, b), good_first in zip(in_order, first)]
+    bad = [b if good_first else a for (a, b), good_first in zip(in_order, first)]
+    check = calibration.summarize(pairs, good, bad, cfg.grading, cfg.aspects, first)
     check["model"] = llm.identity
     check["calls"] = len(requests)
     check["calls_from_cache"] = getattr(llm, "hits", 0) - hits_before
@@ -274,6 +322,58 @@ def judge_check(cfg: CritiqueConfig, llm) -> dict:
 
 
 def enforce_min_auc(check: dict, cfg: CritiqueConfig) -> None:
-    if check and check["auc"] < cfg.min_auc:
-        raise JudgeCheckFailed(f"critique judge AUC {check['auc']:.2f} on {check['pairs']} calibration pairs is "
-                               f"below critique.min_auc {cfg.min_auc}: stopped before any stage ran")
+    """Stop the run (JudgeCheckFailed) when `min_auc` > 0 and the judge is below it or, with
+    `must_beat_length`, not above the prefer-the-longer baseline on the same pairs."""
+    failure = calibration.gate_failure(check, cfg.min_auc, cfg.must_beat_length)
+    if failure:
+        raise JudgeCheckFailed(failure)
+
+
+def read_check(out_dir: str) -> dict | None:
+    """What the check inside the job wrote (None when it did not run)."""
+    path = FileSystems.join(out_dir, JUDGE_CHECK_FILE)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+class _GradeCalibrationPairs(beam.DoFn):
+    """On the worker: the judge (the model the critique stage will use there) grades all pairs at once,
+    the result goes to the output directory, and a judge that fails the gate fails the job."""
+
+    def __init__(self, cfg: CritiqueConfig, model: ModelConfig, out_dir: str) -> None:
+        self.cfg, self.model, self.out_dir = cfg, model, out_dir
+
+    def process(self, indexed_pairs: list[tuple[int, calibration.CalibrationPair]]):
+        pairs = [pair for _, pair in sorted(indexed_pairs, key=lambda item: item[0])]
+        check = {**judge_check(self.cfg, get_llm(self.model), pairs), "where": "job"}
+        with FileSystems.create(FileSystems.join(self.out_dir, JUDGE_CHECK_FILE)) as f:
+            f.write(json.dumps(check, indent=2).encode("utf-8"))
+        log.info("judge check: AUC %.2f on %d calibration pairs (prefer-the-longer %.2f)", check["auc"],
+                 check["pairs"], check["baselines"]["longer"])
+        enforce_min_auc(check, self.cfg)
+        yield check
+
+
+def _after_the_check(record: Record, check: dict) -> Record:
+    return record
+
+
+class JudgeCheck(beam.PTransform):
+    """records → the same records, once the judge check has passed: the job's first step where the judge
+    runs on the workers. The pairs are read here (the launcher's calibration_file), graded on a worker,
+    and the records pass a gate that reads the check as a side input — in a batch job nothing
+    downstream of the gate starts before the check has finished, and a failed check fails the job."""
+
+    def __init__(self, cfg: CritiqueConfig, model: ModelConfig, out_dir: str) -> None:
+        super().__init__()
+        self.cfg, self.model, self.out_dir = cfg, model, out_dir
+        self.pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        check = (records.pipeline
+                 | "pairs" >> beam.Create(list(enumerate(self.pairs)))
+                 | "collect" >> beam.combiners.ToList()
+                 | "grade" >> beam.ParDo(_GradeCalibrationPairs(self.cfg, self.model, self.out_dir)))
+        return records | "gate" >> beam.Map(_after_the_check, check=beam.pvalue.AsSingleton(check))
