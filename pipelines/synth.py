@@ -265,7 +265,8 @@ def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
         check["copied_rationales_in_run"] = counter_total(result, STATS_NAMESPACE_PREFIX + "critique",
                                                           COPIED_RATIONALES)
     stats = collect_stage_stats(result, stage_order(cfg))
-    summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started, judge_check=check)
+    summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started, judge_check=check,
+                       sft_per_prompt=cfg.output.sft_per_prompt, pairs_per_prompt=cfg.output.pairs_per_prompt)
     summary["seeds"] = stats.get("seeds", {}).get("in", 0)
     summary["model_calls_from_cache"] = cache_counts(result)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
