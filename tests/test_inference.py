@@ -245,5 +245,8 @@ def test_managed_server_env_comes_from_the_model_config(tmp_path):
     path.write_text("models:\n  default: {model: smollm2-135m}\n  judge:\n    model: smollm2-135m\n    kv_cache_gib: 3\n"
                     "    server_env: {VLLM_CPU_OMP_THREADS_BIND: '1'}\n", encoding="utf-8")
     judge = load_config(SynthConfig, str(path), []).models["judge"]
-    assert server_env(judge) == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_CPU_OMP_THREADS_BIND": "1"}
-    assert server_env(registry.ModelConfig()) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    step_timeout = {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "3600"}  # a stalled step on a shared CPU is not a dead engine
+    assert server_env(judge) == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_CPU_OMP_THREADS_BIND": "1", **step_timeout}
+    assert server_env(registry.ModelConfig()) == {"VLLM_CPU_KVCACHE_SPACE": "2", **step_timeout}
+    assert server_env(registry.ModelConfig(server_env={"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60"}))[
+        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "60"  # the config's own value wins

@@ -30,8 +30,16 @@ def on_cpu() -> bool:
         return True
 
 
+# vLLM ends its engine when one model step takes longer than this (default 300 s): on a CPU shared with
+# training or other jobs a step stalled for minutes killed the engine and every request in flight
+# ("RPC call to sample_tokens timed out", twice in a 2026-12-07 loop run at load 50-100). A slow step is
+# not a dead engine; a hung one is still caught by the client's request timeout and the health check.
+EXECUTE_MODEL_TIMEOUT_SECONDS = 3600
+
+
 def server_env(cfg) -> dict[str, str]:
     return {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib))),
+            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(EXECUTE_MODEL_TIMEOUT_SECONDS),
             **{str(k): str(v) for k, v in cfg.server_env.items()}}
 
 
