@@ -26,12 +26,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from datagen import progress
 
-from datagen.filters import calibration
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
 from datagen.config_loader import ConfigError, format_keys, load_config, parse_overrides, to_dict
 from datagen.stages.consistency import ConsistencyStage
-from datagen.stages.critique import (COPIED_RATIONALES, CritiqueStage, JudgeCheck, JudgeCheckFailed, enforce_min_auc,
-                                     judge_check, read_check)
+from datagen.stages.critique import (COPIED_RATIONALES, CritiqueConfig, CritiqueStage, JudgeCheck, JudgeCheckFailed,
+                                     enforce_min_auc, judge_check, log_check, read_check)
 from datagen.stages.decontam import DecontamStage
 from datagen.stages.dedup import DedupStage
 from datagen.stages.evolve import EvolveStage, stage_names as evolve_stage_names
@@ -198,38 +197,24 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
     return runs_on_this_machine(options) and mode in (None, "in_memory", "multi_threading")
 
 
-def judge_check_place(cfg: SynthConfig, options: PipelineOptions) -> str | None:
+# -- the judge check: where it runs, and its run from the launcher ---------------------------------
+def judge_check_place(critique: CritiqueConfig, judge: registry.ModelConfig, options: PipelineOptions) -> str | None:
     """Where the judge check runs: "launcher" (before the job, against the judge as this machine
     reaches it), "job" (the job's first step, on the workers that run the judge), None (off)."""
-    if not cfg.critique.judge_check:
+    if not critique.judge_check:
         return None
-    if cfg.critique.judge_check_where != "auto":
-        return cfg.critique.judge_check_where
-    model = cfg.models[cfg.critique.model]
-    return "launcher" if runs_on_this_machine(options) or model.backend == "openai" else "job"
+    if critique.judge_check_where != "auto":
+        return critique.judge_check_where
+    return "launcher" if runs_on_this_machine(options) or judge.backend == "openai" else "job"
 
 
-def log_judge_check(check: dict) -> None:
-    base = check.get("baselines") or {}
-    log.info("judge check (%s): AUC %.2f on %d calibration pairs (%s grades of %s; sampled %.2f%s); "
-             "prefer-the-longer %.2f, first-graded %.2f", check.get("where", "launcher"), check["auc"],
-             check["pairs"], check["grading"], "+".join(check["aspects"]), check["auc_sampled"],
-             "" if check["auc_logprobs"] is None else f", logprobs {check['auc_logprobs']:.2f}",
-             base.get("longer", float("nan")), base.get("first_graded", float("nan")))
-    if calibration.warning_line(check):
-        log.warning("%s", calibration.warning_line(check))
-
-
-def run_judge_check(cfg: SynthConfig, options: PipelineOptions) -> dict | None:
+def run_judge_check(critique: CritiqueConfig, judge: registry.ModelConfig, options: PipelineOptions) -> dict:
     """From the launcher: the critique judge grades the calibration pairs before any stage runs (cached
     like any call); a weak judge is said out loud, one that fails the gate stops the run
     (JudgeCheckFailed). Where the judge runs on the workers the check is the job's first step instead."""
-    if judge_check_place(cfg, options) != "launcher" or options.get_all_options().get("dry_run"):
-        return None
-    model = models_with_cache(cfg)[cfg.critique.model]
-    check = {**judge_check(cfg.critique, registry.get_llm(model)), "where": "launcher"}
-    log_judge_check(check)
-    enforce_min_auc(check, cfg.critique)
+    check = {**judge_check(critique, registry.get_llm(judge)), "where": "launcher"}
+    log_check(check)
+    enforce_min_auc(check, critique)
     if not runs_in_this_process(options):
         registry.shutdown_all()  # the workers start their own servers
     return check
@@ -237,35 +222,38 @@ def run_judge_check(cfg: SynthConfig, options: PipelineOptions) -> dict | None:
 
 def run(cfg: SynthConfig, beam_args: list[str]) -> dict[str, Any]:
     register_models()  # posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) for `models:`
+    models = models_with_cache(cfg)
+    judge = models[cfg.critique.model]
     managed = any(cfg.models[name].backend == "vllm" for _, name in cfg.model_references())
     options = PipelineOptions(dataflow.with_worker_options(beam_args, managed), save_main_session=False)
+    dry_run = bool(options.get_all_options().get("dry_run"))
+    check_place = judge_check_place(cfg.critique, judge, options)
     started = time.monotonic()
     used = preflight(cfg, runs_on_this_machine(options))
     if runs_in_this_process(options):
         # warm the servers while Beam builds the graph and reads seeds
-        cached = models_with_cache(cfg)
-        registry.prestart([cached[n] for n in cfg.models if cfg.models[n] in used])
-    check = run_judge_check(cfg, options)
-    in_job = judge_check_place(cfg, options) == "job"
+        registry.prestart([models[n] for n in cfg.models if cfg.models[n] in used])
+    check = run_judge_check(cfg.critique, judge, options) if check_place == "launcher" and not dry_run else None
     out = cfg.output.dir
     log.info("output: %s", out if "://" in out else os.path.abspath(out))
+    order = stage_order(cfg)
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, cfg, judge_check_in_job=in_job)
+    build(pipeline, cfg, judge_check_in_job=check_place == "job")
     progress.reset()
-    with progress.ProgressPrinter(stage_order(cfg)):
+    with progress.ProgressPrinter(order):
         result = pipeline.run()
         result.wait_until_finish()
-    if options.get_all_options().get("dry_run"):
+    if dry_run:
         return dry_run_summary(result, options)
-    if in_job:
-        check = read_check(cfg.output.dir)
+    if check_place == "job":
+        check = read_check(out)
         if check:
-            log_judge_check(check)
+            log_check(check)
     if check is not None:  # rationales the run's critiques copied from the prompt (stored as "")
         check["copied_rationales_in_run"] = counter_total(result, STATS_NAMESPACE_PREFIX + "critique",
                                                           COPIED_RATIONALES)
-    stats = collect_stage_stats(result, stage_order(cfg))
-    summary = finalize(cfg.output.dir, stats, to_dict(cfg), time.monotonic() - started, judge_check=check,
+    stats = collect_stage_stats(result, order)
+    summary = finalize(out, stats, to_dict(cfg), time.monotonic() - started, judge_check=check,
                        sft_per_prompt=cfg.output.sft_per_prompt, pairs_per_prompt=cfg.output.pairs_per_prompt)
     summary["seeds"] = stats.get("seeds", {}).get("in", 0)
     summary["model_calls_from_cache"] = cache_counts(result)

@@ -89,8 +89,12 @@ def _grade(critique: ParsedCritique | None, aspects: Sequence[str] | None, use_e
     return critique.grade(aspects, use_expected)
 
 
+def _grades(critiques, aspects, use_expected) -> list[float | None]:
+    return [_grade(c, aspects, use_expected) for c in critiques]
+
+
 def _aucs(good, bad, aspects, use_expected) -> float:
-    return auc([_grade(c, aspects, use_expected) for c in good], [_grade(c, aspects, use_expected) for c in bad])
+    return auc(_grades(good, aspects, use_expected), _grades(bad, aspects, use_expected))
 
 
 def good_first(pairs: Sequence[CalibrationPair]) -> list[bool]:
@@ -118,22 +122,21 @@ def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | 
     with_logprobs = any(c is not None and c.expected for c in (*good, *bad))
     use_expected = grading == "logprobs" and with_logprobs
     aspects = list(aspects or CRITIQUE_ASPECTS)
-    by_domain = {}
-    for domain in sorted({p.domain for p in pairs}):
-        picked = [(g, b) for p, g, b in zip(pairs, good, bad) if p.domain == domain]
-        by_domain[domain] = _aucs([g for g, _ in picked], [b for _, b in picked], aspects, use_expected)
-    by_length = {}
-    for name, shorter in (("good_shorter", True), ("good_longer", False)):
-        picked = [(g, b) for p, g, b in zip(pairs, good, bad) if (len(p.good) < len(p.bad)) == shorter]
-        by_length[name] = (_aucs([g for g, _ in picked], [b for _, b in picked], aspects, use_expected)
-                           if picked else None)
+    good_grades, bad_grades = _grades(good, aspects, use_expected), _grades(bad, aspects, use_expected)
+
+    def auc_of(keep) -> float | None:  # the AUC on the pairs that `keep` picks (None: it picks none)
+        picked = [(g, b) for p, g, b in zip(pairs, good_grades, bad_grades) if keep(p)]
+        return auc([g for g, _ in picked], [b for _, b in picked]) if picked else None
+
+    by_domain = {domain: auc_of(lambda p: p.domain == domain) for domain in sorted({p.domain for p in pairs})}
+    by_length = {name: auc_of(lambda p: (len(p.good) < len(p.bad)) == shorter)
+                 for name, shorter in (("good_shorter", True), ("good_longer", False))}
     summary = {
         "pairs": len(pairs),
         "grading": "logprobs" if use_expected else "sampled",
         "aspects": aspects,
-        "auc": _aucs(good, bad, aspects, use_expected),
-        "auc_unpaired": unpaired_auc([_grade(c, aspects, use_expected) for c in good],
-                                     [_grade(c, aspects, use_expected) for c in bad]),
+        "auc": auc(good_grades, bad_grades),
+        "auc_unpaired": unpaired_auc(good_grades, bad_grades),
         "per_aspect": {a: _aucs(good, bad, [a], use_expected) for a in CRITIQUE_ASPECTS},
         "auc_sampled": _aucs(good, bad, aspects, False),
         "auc_logprobs": _aucs(good, bad, aspects, True) if with_logprobs else None,
@@ -143,10 +146,9 @@ def summarize(pairs: Sequence[CalibrationPair], good: Sequence[ParsedCritique | 
         "by_length": by_length,
         "unparsed": sum(1 for c in (*good, *bad) if c is None or c.problem),
         "copied_rationales": sum(1 for c in (*good, *bad) if c is not None and c.copied_rationale),
-        "mean_good": _mean([_grade(c, aspects, use_expected) for c in good]),
-        "mean_bad": _mean([_grade(c, aspects, use_expected) for c in bad]),
-        "grade_noise": grade_noise([_grade(c, aspects, use_expected) for c in good],
-                                   [_grade(c, aspects, use_expected) for c in bad]),
+        "mean_good": _mean(good_grades),
+        "mean_bad": _mean(bad_grades),
+        "grade_noise": grade_noise(good_grades, bad_grades),
     }
     summary["weak"] = summary["auc"] < WEAK_AUC
     return summary

@@ -299,12 +299,16 @@ class JudgeCheckFailed(ValueError):
     """The judge scored the calibration pairs below `critique.min_auc`, or not above the length baseline."""
 
 
+def calibration_pairs(cfg: CritiqueConfig) -> list[calibration.CalibrationPair]:
+    """The pairs the judge check grades: `cfg.calibration_file`'s, else the shipped ones."""
+    return calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
+
+
 def judge_check(cfg: CritiqueConfig, llm, pairs: Sequence[calibration.CalibrationPair] | None = None) -> dict:
     """The judge grades every calibration pair's good and bad answer (one call each, through `llm`,
     so cached like any call; the good answer first in every other pair); returns stats.json's
-    `judge_check` (datagen/filters/calibration.py). `pairs`: default `cfg.calibration_file`'s."""
-    if pairs is None:
-        pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
+    `judge_check` (datagen/filters/calibration.py). `pairs`: default `calibration_pairs(cfg)`."""
+    pairs = calibration_pairs(cfg) if pairs is None else pairs
     first = calibration.good_first(pairs)
     order = [(p.good, p.bad) if good_first else (p.bad, p.good) for p, good_first in zip(pairs, first)]
     requests = critique_requests([(p.question, answer) for p, answers in zip(pairs, order) for answer in answers],
@@ -329,6 +333,19 @@ def enforce_min_auc(check: dict, cfg: CritiqueConfig) -> None:
         raise JudgeCheckFailed(failure)
 
 
+def log_check(check: dict) -> None:
+    """The check in one log line, wherever it ran; a weak judge gets a warning line too."""
+    base = check.get("baselines") or {}
+    log.info("judge check (%s): AUC %.2f on %d calibration pairs (%s grades of %s; sampled %.2f%s); "
+             "prefer-the-longer %.2f, first-graded %.2f", check.get("where", "launcher"), check["auc"],
+             check["pairs"], check["grading"], "+".join(check["aspects"]), check["auc_sampled"],
+             "" if check["auc_logprobs"] is None else f", logprobs {check['auc_logprobs']:.2f}",
+             base.get("longer", float("nan")), base.get("first_graded", float("nan")))
+    warning = calibration.warning_line(check)
+    if warning:
+        log.warning("%s", warning)
+
+
 def read_check(out_dir: str) -> dict | None:
     """What the check inside the job wrote (None when it did not run)."""
     path = FileSystems.join(out_dir, JUDGE_CHECK_FILE)
@@ -350,8 +367,7 @@ class _GradeCalibrationPairs(beam.DoFn):
         check = {**judge_check(self.cfg, get_llm(self.model), pairs), "where": "job"}
         with FileSystems.create(FileSystems.join(self.out_dir, JUDGE_CHECK_FILE)) as f:
             f.write(json.dumps(check, indent=2).encode("utf-8"))
-        log.info("judge check: AUC %.2f on %d calibration pairs (prefer-the-longer %.2f)", check["auc"],
-                 check["pairs"], check["baselines"]["longer"])
+        log_check(check)
         enforce_min_auc(check, self.cfg)
         yield check
 
@@ -369,7 +385,7 @@ class JudgeCheck(beam.PTransform):
     def __init__(self, cfg: CritiqueConfig, model: ModelConfig, out_dir: str) -> None:
         super().__init__()
         self.cfg, self.model, self.out_dir = cfg, model, out_dir
-        self.pairs = calibration.load_pairs(cfg.calibration_file or calibration.CALIBRATION_FILE)
+        self.pairs = calibration_pairs(cfg)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         check = (records.pipeline
