@@ -222,11 +222,13 @@ def train(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None, callbacks
 def train_rounds(cfg: DPORunConfig, args: DPOConfig, run: DPORun, checkpoint: Path | None,
                  engine: PolicyEngine | None, callbacks, on_round, process) -> dict:
     policy, reference, rounds = run.policy, run.reference, run.rounds
+    tensorboard = tensorboard_callback(cfg)
     ema = EMACallback(cfg.ema) if cfg.ema.enabled else None
     plan = round_plan(cfg.max_steps, cfg.online.steps_per_round)
     restored = restore(checkpoint, plan, policy, reference, rounds, ema) if checkpoint else None
     feed = RoundFeed(rows_per_step(cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
                                    args.world_size))
+    round_state = RoundStateCallback(feed, rounds, reference, cfg.sync_ref_model)
 
     def heard(index: int, seconds: dict) -> None:
         run.round_seconds.append(seconds)
@@ -239,8 +241,8 @@ def train_rounds(cfg: DPORunConfig, args: DPOConfig, run: DPORun, checkpoint: Pa
         model=policy, ref_model=reference, args=args,
         train_dataset=slot_dataset(cfg.max_steps * feed.rows_per_step), processing_class=run.tokenizer,
         moe_config=cfg.moe, feed=feed,
-        callbacks=[driver] + [cb for cb in (ema, tensorboard_callback(cfg)) if cb is not None] + list(callbacks or [])
-        + [RoundStateCallback(feed, rounds, reference, cfg.sync_ref_model)])
+        callbacks=[driver] + [cb for cb in (ema, tensorboard) if cb is not None] + list(callbacks or [])
+        + [round_state])
     trainer.add_callback(CommitCheckpoint(cfg.keep_checkpoints))  # last: after the round and EMA state
     driver.trainer = trainer
     if cfg.online.backend == "transformers" and cfg.uses_online and policy_is_sharded(trainer):
