@@ -32,7 +32,7 @@ class PromptsSection:
 
     count: int = option(1200, "math problems generated (levels 1-4 interleaved), before the eval-overlap check")
     seed: int = option(1, "generator seed (the eval set was written with another)")
-    referenced: int = option(400, "the first N problems also go through the synth step as referenced seeds: "
+    referenced: int = option(300, "the first N problems also go through the synth step as referenced seeds: "
                                   "their right answers (math-verify against the exact answer) become SFT rows, "
                                   "right vs wrong DPO pairs; 0: the synth step reads its own seeds only")
 
