@@ -2,6 +2,11 @@
 
 Counts are per process (the DirectRunner's in-process worker shares them with the entry
 point, which prints a line every few seconds); other runners show Beam's own metrics.
+
+Python block-buffers stdout into a file or a pipe (`... | tee log`, CI logs): a line printed
+without a flush arrives kilobytes later, minutes late on a slow run. `line_buffered()` makes stdout
+flush at every line; the long-running commands call it at start (ProgressPrinter, posttrain/cli.py,
+where TRL/transformers print every training log line to stdout).
 """
 from __future__ import annotations
 
@@ -14,6 +19,18 @@ _lock = threading.Lock()
 _done: Counter = Counter()
 _waiting: Counter = Counter()  # records whose model calls are in flight, per stage
 _tokens = {"completion": 0}
+
+
+def line_buffered(stream=None) -> None:
+    """Flush `stream` (default: sys.stdout) at every newline from now on; nothing for a terminal (already
+    line-buffered) or a stream that cannot be reconfigured (a test's capture)."""
+    stream = sys.stdout if stream is None else stream
+    if getattr(stream, "line_buffering", True):
+        return
+    try:
+        stream.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError, OSError):
+        pass
 
 
 def record(stage: str, records: int = 1, completion_tokens: int = 0) -> None:
@@ -90,6 +107,8 @@ class ProgressPrinter:
         self._start = time.monotonic()
 
     def __enter__(self) -> "ProgressPrinter":
+        line_buffered()  # whatever the run prints meanwhile reaches a pipe or a log file at once
+        line_buffered(self.stream)
         self._thread.start()
         return self
 

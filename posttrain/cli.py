@@ -17,10 +17,11 @@ import sys
 from typing import Any, Callable
 
 from datagen.config_loader import ConfigError, format_keys, load_config
+from datagen.progress import line_buffered
 from datagen.output.hub import PushError, require_token
 from datagen.inference.base import InferenceError
 from posttrain.data import DataError
-from posttrain.distributed import init_distributed, leave_distributed
+from posttrain.distributed import FailedOnAnotherRank, init_distributed, leave_distributed
 from posttrain.hub import push_model, retry_command
 from posttrain.model_registry import register_models
 from posttrain.model_loading import ModelLoadError
@@ -55,6 +56,7 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
         print(f"{doc.strip()}\n\nConfig keys (YAML or --key value):\n{format_keys(config_cls)}\n{extra_help}")
         return 0
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    line_buffered()  # TRL/transformers print each training log line to stdout: into `| tee` or a log file at once
     register_models()  # the aliases (tiny-hunyuan-moe, smollm2-moe) a config may name
     for noisy in ("httpx", "httpcore"):  # one line per hub request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -72,6 +74,9 @@ def run_command(name: str, doc: str, config_cls: type, train: Callable[[Any], di
     except (*USER_ERRORS, PushError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FailedOnAnotherRank as err:  # the main process reports the cause; here one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if err.user_error else 1
     finally:
         leave_distributed(wait=finished)  # before the upload below, which runs on the main process alone
     brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k != "last_log"}

@@ -39,6 +39,16 @@ class LaunchError(ConfigError):
     """A launch that would not run as one job; the message says which launch works."""
 
 
+class FailedOnAnotherRank(Exception):
+    """This rank stops because the main process failed (e.g. its online round: the vLLM engine, the reward).
+    The main process reports the cause (a bug with its traceback); every other rank reports one line,
+    exit code 2 when the cause is a user error there, 1 for a bug (posttrain/cli.py)."""
+
+    def __init__(self, message: str, user_error: bool) -> None:
+        super().__init__(message)
+        self.user_error = user_error
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
 from datagen.inference.model_names import resolve_model
+from datagen.inference.vllm_server import reserve_port
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
 register_hunyuan()  # model_type "hunyuan" with the Auto classes
@@ -41,18 +41,15 @@ MODEL = "tiny-hunyuan-moe"
 TOLERANCE = 1e-3  # relative difference of two runs' weight updates (float sums in another order: ~2e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(launcher: list[str], script: str, args: list[str]) -> subprocess.CompletedProcess:
-    """`accelerate launch LAUNCHER script args` on a port of its own (other runs may hold 29500)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", str(free_port()),
-           script, *args]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=900)
+    """`accelerate launch LAUNCHER script args` on a port of its own (other runs may hold 29500), reserved
+    for the whole run: a port picked and released is anyone's until torchrun binds it (another test's
+    bind, a gloo socket, an outgoing connection), the suspected cause of one unexplained FSDP failure."""
+    with reserve_port() as reservation:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port",
+               str(reservation.getsockname()[1]), script, *args]
+        return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True, timeout=900)
 
 
 def with_config(name: str) -> list[str]:

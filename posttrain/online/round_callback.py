@@ -30,6 +30,7 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 
 from posttrain.checkpoints import find_checkpoint
+from posttrain.distributed import FailedOnAnotherRank
 from posttrain.online.round_state import Restored, round_of_step, write_round_log
 from posttrain.model_loading import resolve_name
 from posttrain.online.engine import PolicyEngine
@@ -149,11 +150,17 @@ class RoundDriver(TrainerCallback):
             except Exception as err:
                 if self.process.num_processes == 1:
                     raise
-                self.broadcast({"error": f"{type(err).__name__}: {err}"})
+                from posttrain.cli import USER_ERRORS
+
+                lines = str(err).strip().splitlines()
+                self.broadcast({"error": f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": "),
+                                "user_error": isinstance(err, USER_ERRORS)})
                 raise
         result = self.broadcast(result)
-        if "error" in result:
-            raise RuntimeError(f"round {index} failed on the main process: {result['error']}")
+        if "error" in result:  # one line here (posttrain/cli.py); the main process reports the cause
+            where = "" if result["user_error"] else " (its traceback is on the main process)"
+            raise FailedOnAnotherRank(f"round {index} failed on the main process: {result['error']}{where}",
+                                      result["user_error"])
         return result["rows"], result["stats"], result["seconds"]
 
     def build_on_main(self, index: int, start: int, end: int, writer) -> dict:
