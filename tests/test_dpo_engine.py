@@ -20,9 +20,9 @@ import torch
 from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
 from datagen.inference.model_names import resolve_model
-from datagen.inference.registry import ModelConfig
 from datagen.inference.vllm_server import VLLMServer
 from posttrain.online.engine import EngineError, PolicyEngine
+from posttrain.online.online_config import EngineConfig
 from posttrain.online.weights import PolicyWeights
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
@@ -35,7 +35,7 @@ PROMPTS = ["Explain why the sky is blue.", "Write a haiku about autumn.", "What 
 NEW_TOKENS = 12
 TOLERANCE = 1e-3  # float32 on both sides; vLLM's CPU kernels sum in another order
 # float32 like the trainer: with `auto` a CPU with AVX-512 BF16 serves bf16 (log-probabilities off by ~1e-3..5e-2)
-ENGINE = ModelConfig(backend="vllm", model=MODEL, dtype="float32", kv_cache_gib=1, max_model_len=512, start_timeout=900)
+ENGINE = EngineConfig(dtype="float32", kv_cache_gib=1, max_model_len=512, start_timeout=900)  # serves MODEL: the policy
 
 
 def prompt_ids(tokenizer) -> list[list[int]]:

@@ -5,6 +5,7 @@ takes any other field of `trl.DPOConfig`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -13,10 +14,12 @@ from posttrain.ema import EMAConfig
 from posttrain.hub import HUB_FIXED
 from posttrain.model_loading import ModelSpec
 from posttrain.moe.recipe import MoEConfig
-from posttrain.online.online_config import OnlineConfig
+from posttrain.online.online_config import OnlineConfig, change_nothing, changed_keys
 from posttrain.online.rm_refresh import RefreshConfig
 from posttrain.trainers.run_config import RunConfig
 from rewards.scoring import RewardConfig
+
+log = logging.getLogger("posttrain")
 
 FIXED = {
     "router_aux_loss_coef": "from moe.router_aux_loss_coef", "save_strategy": "every save_steps",
@@ -60,8 +63,8 @@ class DPORunConfig(RunConfig):
     max_length: int = option(2048, "prompt + answer tokens; longer answers are truncated at the end")
     max_prompt_length: int = option(1024, "longer prompts are skipped and counted (must be < max_length)")
     sync_ref_model: bool = option(False, "TR-DPO: move the reference toward the policy (an EMA of the policy)")
-    ref_model_mixup_alpha: float = option(0.6, "α in ref ← α·policy + (1 − α)·ref")
-    ref_model_sync_steps: int = option(64, "steps between reference updates")
+    ref_model_mixup_alpha: float = option(0.6, "α in ref ← α·policy + (1 − α)·ref (only with sync_ref_model)")
+    ref_model_sync_steps: int = option(64, "steps between reference updates (only with sync_ref_model)")
     gradient_checkpointing: bool = option(False, "trade compute for memory on big models")
     logging_steps: int = option(1, "optimizer steps between log lines / TensorBoard points")
     save_steps: int = option(0, "optimizer steps between checkpoints (only for resume: weights reach the "
@@ -82,6 +85,29 @@ class DPORunConfig(RunConfig):
         if self.rm_refresh.enabled and self.reward.kind != "classifier":
             raise ValueError("rm_refresh needs reward.kind: classifier (only a reward model can be retrained)")
         super().__post_init__()
+        for note in self.unused_keys():
+            log.warning("config: %s", note)
+
+    def unused_keys(self) -> list[str]:
+        """Keys set away from their default that the other settings leave unused: one sentence per group
+        (a warning each at start-up; a key that changes nothing is never silent)."""
+        notes = []
+        if not self.sync_ref_model:
+            unused = changed_keys(self, ["ref_model_mixup_alpha", "ref_model_sync_steps"])
+            if unused:
+                notes.append(change_nothing(unused) + " while sync_ref_model is false (TRL moves the reference "
+                             "only with sync_ref_model: true)")
+        notes += self.online.unused_keys()
+        if not self.uses_online:  # the reward and its refresh only serve the online rounds
+            unused = [f"reward.{k}" for k in changed_keys(self.reward)] + \
+                     [f"rm_refresh.{k}" for k in changed_keys(self.rm_refresh)]
+            if unused:
+                notes.append(change_nothing(unused) + " while the online rounds are off")
+        elif not self.rm_refresh.enabled:
+            unused = changed_keys(self.rm_refresh, [k for k in RefreshConfig.__dataclass_fields__ if k != "enabled"])
+            if unused:
+                notes.append(change_nothing([f"rm_refresh.{k}" for k in unused]) + " while rm_refresh.enabled is false")
+        return notes
 
     @property
     def checkpoint_every(self) -> int:
