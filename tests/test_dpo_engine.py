@@ -21,9 +21,9 @@ from posttrain.hunyuan import register as register_hunyuan
 from posttrain.model_registry import register_models
 from datagen.inference.model_names import resolve_model
 from datagen.inference.vllm_server import VLLMServer
-from posttrain.online.engine import EngineError, PolicyEngine
+from posttrain.online.engine import EngineError, PolicyEngine, make_transport
 from posttrain.online.online_config import EngineConfig
-from posttrain.online.weights import PolicyWeights
+from posttrain.online.weights import BroadcastTransport, PolicyWeights
 
 register_models()  # the aliases tiny-hunyuan-moe, smollm2-moe
 register_hunyuan()  # model_type "hunyuan" with the Auto classes
@@ -115,12 +115,24 @@ def test_engine_serves_each_synced_policy_and_recovers_once(caplog):
             assert stale > 100 * TOLERANCE, "the update must be visible for the comparison to mean anything"
         assert (engine.stats.starts, engine.stats.syncs) == (1, 2)
 
+        # the GPU path's code over gloo (BroadcastTransport, synthpost_init_broadcast and _receive_broadcast):
+        # the names, shapes, order and the engine-side reload of the NCCL path, only the wire differs; twice,
+        # the group opened once. No restart: a failed push would restart onto the shm transport and pass.
+        engine.transport.close()
+        engine.transport = make_transport("gloo", engine._rpc, engine._check_tensors)
+        assert isinstance(engine.transport, BroadcastTransport) and engine.transport.backend == "gloo"
+        for step in (3, 4):
+            updated(policy, seed=step)
+            engine.sync(write, step)
+            assert engine_vs_transformers(engine, policy, prompts) < TOLERANCE
+        assert (engine.stats.starts, engine.stats.syncs, engine.stats.restarts) == (1, 4, 0)
+
         # the engine dies: the next sync restarts it from its checkpoint (the source, step 0) and
         # pushes the current weights into it
         os.killpg(engine.server.proc.pid, signal.SIGKILL)
-        updated(policy, seed=3)
+        updated(policy, seed=5)
         with caplog.at_level(logging.WARNING, logger="posttrain.dpo"):
-            engine.sync(write, step=3)
+            engine.sync(write, step=5)
         assert "restarting the vLLM engine" in caplog.text
         assert (engine.stats.starts, engine.stats.restarts) == (2, 1)
         assert engine_vs_transformers(engine, policy, prompts) < TOLERANCE
@@ -129,7 +141,7 @@ def test_engine_serves_each_synced_policy_and_recovers_once(caplog):
         renamed = PolicyWeights(policy, {name.replace("embed_tokens", "embed_tokenz"): p
                                          for name, p in policy.state_dict().items()})
         with pytest.raises(EngineError, match="failed again after a restart.*do not match the served model"):
-            engine.sync(renamed, step=4)
+            engine.sync(renamed, step=6)
         assert engine.stats.starts == 3
     finally:
         engine.stop()

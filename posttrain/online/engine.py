@@ -11,9 +11,9 @@ worker extension `posttrain.online.vllm_worker.WeightSync` and vLLM's developmen
 
 A sync sends the policy in checkpoint format (posttrain/online/weights.py): on CPU `save_pretrained`
 into /dev/shm (memory, not disk) and every worker loads that directory through vLLM's own reload
-path; with CUDA an NCCL broadcast (untested here). Names and shapes are checked against the served
-checkpoint first; then the prefix cache is emptied (KV cached under the old weights must not be
-reused).
+path; with CUDA an NCCL broadcast (the same code runs over gloo in the CPU tests: only the wire is
+untested here). Names and shapes are checked against the served checkpoint first; then the prefix
+cache is emptied (KV cached under the old weights must not be reused).
 
 When a sync or a sampling call fails (engine died, tensor names or shapes refused, timeout), the
 engine is restarted once, from the last complete checkpoint (`restart_source()`), the current
@@ -198,13 +198,19 @@ class PolicyEngine:
 
 
 def make_transport(name: str, rpc, check):
-    from posttrain.online.weights import NcclTransport, SharedMemoryTransport
+    """shm (files in /dev/shm), nccl (a broadcast on GPUs), or gloo (the nccl path's code over gloo, on
+    CPU: for checking that path where there is no GPU); auto = nccl when CUDA is there."""
+    from posttrain.online.weights import BroadcastTransport, SharedMemoryTransport
 
     if name == "auto":
         import torch
 
         name = "nccl" if torch.cuda.is_available() else "shm"
-    return NcclTransport(rpc, check) if name == "nccl" else SharedMemoryTransport(rpc, check)
+    if name == "nccl":
+        return BroadcastTransport(rpc, check)
+    if name == "gloo":
+        return BroadcastTransport(rpc, check, device="cpu", backend="gloo")
+    return SharedMemoryTransport(rpc, check)
 
 
 def check_same_tensors(served: dict, pushed: dict) -> None:

@@ -8,9 +8,11 @@ Two transports, one loading path:
 - **a directory** (CPU, and any machine where trainer and engine share a host): the trainer writes
   the policy in checkpoint format (safetensors, `save_pretrained`) to /dev/shm, which is memory, and
   `synthpost_load_weights(dir)` reads it memory-mapped;
-- **an NCCL broadcast** (GPUs): `synthpost_init_broadcast` joins a process group with the trainer's
-  main process, `synthpost_receive_broadcast(meta)` receives every tensor in `meta`'s order. Untested
-  here (no GPU): written against vLLM 0.32's `StatelessProcessGroup` and `PyNcclCommunicator`.
+- **a broadcast** (GPUs: NCCL): `synthpost_init_broadcast` joins a process group with the trainer's
+  main process, `synthpost_receive_broadcast(meta)` receives every tensor in `meta`'s order and
+  returns how many it loaded. Checked against vLLM 0.33.0's `StatelessProcessGroup` and
+  `PyNcclCommunicator` (posttrain/online/weights.py); the same code runs over gloo on CPU
+  (backend "gloo", tests/test_dpo_engine.py), so only the wire is untested here.
 
 Either way the tensors go through vLLM's own reload (`initialize_layerwise_reload` →
 `model.load_weights` → `finalize_layerwise_reload`), so a model whose weights vLLM repacks after
@@ -48,25 +50,27 @@ class WeightSync:
         """This worker's rank (the trainer counts the workers it must broadcast to)."""
         return int(self.rank)
 
-    def synthpost_init_broadcast(self, host: str, port: str, world_size: str) -> None:
-        """Join the trainer's NCCL group as rank 1 + this worker's rank (the trainer is rank 0)."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    def synthpost_init_broadcast(self, host: str, port: str, world_size: str, backend: str = "nccl") -> None:
+        """Join the trainer's group as rank 1 + this worker's rank (the trainer is rank 0)."""
         from vllm.distributed.utils import StatelessProcessGroup
+
+        from posttrain.online.weights import communicator
 
         group = StatelessProcessGroup.create(host=host, port=int(port), rank=1 + self.rank,
                                              world_size=int(world_size))
-        self._synthpost_nccl = PyNcclCommunicator(group, device=self.device)
+        self._synthpost_comm = communicator(group, self.device if backend == "nccl" else "cpu", backend)
+        self._synthpost_device = self._synthpost_comm.device
 
     def synthpost_receive_broadcast(self, meta: str) -> dict:
         """Receive `[[name, dtype, shape], ...]` (JSON) from the trainer's rank 0, in that order."""
         import torch
 
         entries = json.loads(meta)
-        communicator = self._synthpost_nccl
+        communicator, device = self._synthpost_comm, self._synthpost_device
 
         def tensors():
             for name, dtype, shape in entries:
-                tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+                tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
                 communicator.broadcast(tensor, src=0)
                 communicator.group.barrier()
                 yield name, tensor
@@ -74,7 +78,9 @@ class WeightSync:
         return self._synthpost_reload(tensors())
 
     def synthpost_close_broadcast(self) -> None:
-        self._synthpost_nccl = None
+        comm, self._synthpost_comm = getattr(self, "_synthpost_comm", None), None
+        if comm is not None and hasattr(comm, "destroy"):
+            comm.destroy()
 
     def _synthpost_reload(self, tensors) -> dict:
         from vllm.config import set_current_vllm_config
