@@ -165,14 +165,22 @@ def test_a_parent_killed_while_the_server_starts_leaves_no_server(tmp_path, entr
 
 
 def test_every_server_the_product_starts_goes_through_vllm_server_launch():
-    """No other code spawns a vLLM server: only datagen/inference/vllm_server.py names vLLM's API server
-    module in code (not prose), and the entries build a VLLMServer (started through them above)."""
+    """No other code spawns a vLLM server: only datagen/inference/vllm_server.py puts vLLM's API server
+    module into a command line (a list or tuple; other files may name it, e.g. to tell the server's
+    processes apart), nothing uses Beam's own vLLM handlers (they start servers of their own), and the
+    entries build a VLLMServer (started through them above)."""
     spawners = set()
     for package in ("datagen", "rewards", "posttrain", "pipelines", "benchmarks"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                        and node.value.strip().startswith("vllm.entrypoints"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.List, ast.Tuple)) and any(
+                        isinstance(e, ast.Constant) and isinstance(e.value, str)
+                        and e.value.startswith("vllm.entrypoints") for e in node.elts):
+                    spawners.add(str(path.relative_to(ROOT)))
+                if isinstance(node, (ast.Name, ast.Attribute, ast.alias)) and \
+                        getattr(node, "id", getattr(node, "attr", getattr(node, "name", ""))).endswith(
+                            ("VLLMCompletionsModelHandler", "VLLMChatModelHandler")):
                     spawners.add(str(path.relative_to(ROOT)))
     assert spawners == {"datagen/inference/vllm_server.py"}
     users = {str(p.relative_to(ROOT)) for package in ("datagen", "posttrain", "pipelines", "benchmarks")
