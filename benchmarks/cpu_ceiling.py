@@ -1,7 +1,7 @@
 """How fast this CPU could decode our models, and how near the vLLM engine gets.
 
     .venv/bin/python benchmarks/cpu_ceiling.py [--threads 1,2] [--batches 1,2,4,8,16,32,64]
-        [--engine] [--engine_rounds 2] [--out FILE.json]
+        [--engine [--engine_rounds 2] [--profile SECONDS]] [--out FILE.json]
 
 1. Matmul throughput at the models' own shapes, float32 and (where the CPU has AVX-512 BF16 or
    AMX) bfloat16, torch with 1 and 2 threads, batch 1-64 rows: one decode step's projections
@@ -209,11 +209,11 @@ def ceilings(matmuls: dict, batches: list[int]) -> list[dict]:
 
 # ---- the engine at the pipeline's concurrency ------------------------------------------------------
 
-def engine_fraction(rounds: int, concurrency: int, max_tokens: int, rows: list[dict]) -> dict:
+def engine_fraction(rounds: int, concurrency: int, max_tokens: int, rows: list[dict], profile_s: float = 0) -> dict:
     """The default server's tokens/s, and its tokens per CPU-second of its worker (the process that
     runs the model, on one core): the second is what a busy machine does not distort, and compares
     with the 1-thread ceiling measured in CPU seconds."""
-    from benchmarks.engine_settings import SETTINGS, launch, timed_load  # sets VLLM_SERVER_DEV_MODE
+    from benchmarks.engine_settings import SETTINGS, launch, profile, timed_load  # sets VLLM_SERVER_DEV_MODE
     from datagen.inference.managed import server_dtype
     from datagen.inference.registry import ModelConfig
 
@@ -222,6 +222,7 @@ def engine_fraction(rounds: int, concurrency: int, max_tokens: int, rows: list[d
     assert "default" in SETTINGS
     server = launch("default", 1.0, info)
     try:
+        spied = profile(server, profile_s, concurrency, max_tokens) if profile_s else {}
         runs = [timed_load(server, concurrency, max_tokens) for _ in range(rounds)]
     finally:
         server.stop()
@@ -231,7 +232,7 @@ def engine_fraction(rounds: int, concurrency: int, max_tokens: int, rows: list[d
     ceiling = {r["threads"]: r for r in rows
                if r["model"] == "smollm2-135m" and r["dtype"] == dtype and r["batch"] == concurrency}
     one = ceiling.get(1, {}).get("matmul_ceiling_tok_s")
-    return {**info["settings"]["default"], "dtype": dtype, "runs": runs, "tok_s": tok_s,
+    return {**info["settings"]["default"], "dtype": dtype, "runs": runs, "tok_s": tok_s, "profile": spied,
             "tok_per_worker_cpu_s": round(per_worker_cpu, 1), "tok_per_server_cpu_s": round(per_server_cpu, 1),
             "fraction_of_1t_ceiling": {
                 "wall": round(tok_s / one, 3) if one else None,
@@ -246,6 +247,8 @@ def main() -> None:
     parser.add_argument("--kernels", default="torch,onednn", help="torch and/or onednn (vLLM's CPU GEMM)")
     parser.add_argument("--engine", action="store_true", help="also measure a real vLLM server (default settings)")
     parser.add_argument("--engine_rounds", type=int, default=2)
+    parser.add_argument("--profile", type=float, default=0,
+                        help="with --engine: seconds of py-spy on the server while it decodes (PY_SPY=path)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max_tokens", type=int, default=256)
     parser.add_argument("--out", help="also write the JSON here")
@@ -260,7 +263,7 @@ def main() -> None:
               "flops_per_token": {m: flops_per_token(m) for m in ("smollm2-135m", "smollm2-moe")},
               "mean_context": MEAN_CONTEXT, **matmuls, "ceilings": rows}
     if args.engine:
-        result["engine"] = engine_fraction(args.engine_rounds, args.concurrency, args.max_tokens, rows)
+        result["engine"] = engine_fraction(args.engine_rounds, args.concurrency, args.max_tokens, rows, args.profile)
     print(json.dumps(result, indent=1))
     print(f"\nCPU {cpu['model']} ({cpu['kind']}), load {result['load_before']} -> {result['load_after']}; "
           f"peak GFLOP/s {matmuls['peak_gflops']}, read GB/s {matmuls['read_bandwidth_gbs']}")

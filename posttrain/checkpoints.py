@@ -145,7 +145,10 @@ class ExpertSafeResumeMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model
-        if not hasattr(model, "config") or not (Path(resume_from_checkpoint) / "config.json").is_file():
+        sharded = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
+        if sharded or not hasattr(model, "config") or not (Path(resume_from_checkpoint) / "config.json").is_file():
+            # FSDP / DeepSpeed: the Trainer loads the shards from their own format (a plain state dict
+            # cannot be copied into DTensor parameters)
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_weights(model, resume_from_checkpoint)
 

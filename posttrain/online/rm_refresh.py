@@ -1,10 +1,15 @@
 """Refreshing the reward model between online rounds, smoothed by an EMA of its weights.
 
-When `rm_refresh.enabled` (DPO with a classifier reward), each online round first trains a live copy of the classifier
+When `rm_refresh.enabled` (DPO with a classifier reward), each online round first re-fits a live copy of the classifier
 RM for a few Bradley–Terry steps (−log σ(r_chosen − r_rejected), the RewardTrainer loss) on
-the next slice of new preference pairs, then updates an EMA of the live weights and scores the
-round's samples with that EMA. The policy therefore chases a slowly moving reward, not the
-latest (and most exploitable) one.
+the next slice of preference pairs (fresh ones: the cursor moves through the pairs, so a round trains on pairs the
+previous round did not), then moves the scoring RM toward the re-fit one by one EMA update,
+
+    θ̄_r = d·θ̄_{r−1} + (1 − d)·θ_r      (θ_r: the live weights after round r's steps),
+
+and scores the round's samples with θ̄_r. The EMA runs over re-fits, not over the steps inside one:
+each weight of the scoring RM lies between the RM that scored the last round and the re-fit one,
+so the policy chases a slowly moving reward, not the latest (and most exploitable) one.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class RefreshConfig:
     steps_per_round: int = option(2, "Bradley–Terry steps per round")
     batch_size: int = option(4, "pairs per step")
     learning_rate: float = option(1e-5, "AdamW learning rate of the refresh steps")
-    ema_decay: float = option(0.9, "scoring uses θ̄ ← d·θ̄ + (1 − d)·θ of the refreshed weights")
+    ema_decay: float = option(0.9, "scoring uses θ̄ ← d·θ̄ + (1 − d)·θ, one update per round toward the re-fit weights θ")
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.batch_size < 1:
@@ -69,13 +74,13 @@ class RewardRefresher:
             loss = -F.logsigmoid(chosen - rejected).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"reward-model refresh loss is {loss.item()}: check the refresh pairs "
-                                         "and lower reward.refresh.learning_rate")
+                                         "and lower rm_refresh.learning_rate")
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad()
-            self.ema.update(self.live)
             losses.append(loss.item())
             accuracies.append((chosen > rejected).float().mean().item())
+        self.ema.update(self.live)  # once per round: θ̄ moves toward the re-fit RM
         self.ema.copy_to(self.scorer.model)
         return {"rm_refresh/loss": sum(losses) / len(losses),
                 "rm_refresh/accuracy": sum(accuracies) / len(accuracies),

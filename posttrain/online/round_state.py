@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from datagen.config_loader import ConfigError
 from posttrain.checkpoints import atomic_torch_save
+from posttrain.ema import full_state_dict
 from posttrain.online.feed import RoundFeed
 from posttrain.online.rounds import OnlineRounds, RoundData
 
@@ -60,12 +61,13 @@ class RoundStateCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        # the moving reference in full: under FSDP every rank joins the gather of its shards
+        reference = full_state_dict(self.reference, keep=state.is_world_process_zero) if self.keep_reference else None
         if not state.is_world_process_zero or not checkpoint.is_dir():
             return
         feed = self.feed
         atomic_torch_save({"round": feed.round_index, "start_step": feed.start_step, "end_step": feed.end_step,
-                           "rows": feed.raw_rows, "online": self.rounds.state_dict(),
-                           "reference": self.reference.state_dict() if self.keep_reference else None},
+                           "rows": feed.raw_rows, "online": self.rounds.state_dict(), "reference": reference},
                           checkpoint / ROUND_STATE_FILE)
 
 

@@ -39,7 +39,7 @@ from posttrain.data import DataReport
 from posttrain.trainers.dpo_config import DPORunConfig
 from posttrain.online.round_callback import RoundDriver, checkpoint_step, policy_is_sharded, start_engine
 from posttrain.online.round_state import RoundStateCallback, make_reference, restore, round_plan, rows_per_step
-from posttrain.ema import EMACallback
+from posttrain.ema import EMACallback, refuse_ema_under_zero3
 from posttrain.model_loading import load_policy, load_tokenizer
 from posttrain.moe.recipe import is_moe
 from posttrain.online.engine import PolicyEngine
@@ -200,6 +200,8 @@ def train(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None, callbacks
     are added to the trainer; `on_round(index, seconds)` hears where each round's time went
     (benchmarks time the shipped loop through it). The vLLM engine, if any, is stopped on the way
     out, whatever the way (end, error, Ctrl-C)."""
+    refuse_ema_under_zero3({"ema.enabled": cfg.ema.enabled, "sync_ref_model": cfg.sync_ref_model,
+                            "rm_refresh.enabled": cfg.uses_online and cfg.rm_refresh.enabled})
     args = build_dpo_args(cfg, moe_model=False)  # first: the distributed state exists before any model loads
     process = PartialState()
     checkpoint = find_checkpoint(cfg.output_dir, cfg.resume)

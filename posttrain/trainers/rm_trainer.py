@@ -18,7 +18,7 @@ from datagen.config_loader import to_dict
 from posttrain.cards import save_with_card
 from posttrain.checkpoints import CommitCheckpoint, ExpertSafeResumeMixin, find_checkpoint
 from posttrain.data import DataError, DataReport, hold_out
-from posttrain.ema import EMACallback
+from posttrain.ema import EMACallback, refuse_ema_under_zero3
 from posttrain.pairs import load_preference_pairs
 from posttrain.trainers.rm_config import RMRunConfig
 from posttrain.trainers.trl_args import build_trl_args, trainer_owned
@@ -64,6 +64,7 @@ def build_training_args(cfg: RMRunConfig, has_eval: bool) -> RewardConfig:
 
 def train(cfg: RMRunConfig) -> dict:
     """Train, export (EMA weights by default) and describe the reward model; returns final metrics."""
+    refuse_ema_under_zero3({"ema.enabled": cfg.ema.enabled})
     checkpoint = find_checkpoint(cfg.output_dir, cfg.resume)
     args = build_training_args(cfg, has_eval=cfg.eval_fraction > 0)  # before the weights load: ZeRO-3 / FSDP init
     model, tokenizer = load_reward_model(cfg.model, cfg.dtype, cfg.seed)
