@@ -63,12 +63,18 @@ def train_logs(history) -> list[dict]:
 
 
 def test_expert_lr_ratio_is_derived_from_the_routing_unless_fixed(tokenizer):
+    from posttrain.moe.noise_scale import NoiseScale
+
     model = native_policy(tokenizer)
-    ratio, why = derive_expert_lr_ratio(MoEConfig(), model, batch_tokens=4096)
-    assert ratio == pytest.approx(expert_lr_ratio(4, 1)) and ratio == pytest.approx(0.592, abs=1e-3)
-    assert "top-1 of 4" in why and "operating point" in why
+    # B_noise measured on the run (in rows, against the rows per step) or given (in tokens)
+    measured = NoiseScale(small_batch=2, big_batch=8, small_sq=3.0, big_sq=1.5)  # |G|² 1, tr(Σ) 4: B_simple 4 rows
+    ratio, why = derive_expert_lr_ratio(MoEConfig(), model, batch_tokens=4096, batch_rows=8, measured=measured)
+    assert measured.b_simple == pytest.approx(4.0) and ratio == pytest.approx(expert_lr_ratio(4, 1, 8, 4.0))
+    assert "top-1 of 4" in why and "measured on this run" in why
+    given, why = derive_expert_lr_ratio(MoEConfig(gradient_noise_scale_tokens=2048), model, batch_tokens=4096)
+    assert given == pytest.approx(ratio) and "given" in why  # the same B / B_noise = 2
     assert derive_expert_lr_ratio(MoEConfig(expert_lr_ratio=0.31), model, 4096)[0] == 0.31
-    # with a measured noise scale the run's batch enters: far below B_noise -> sqrt(k/n), at 4x B_noise > 1
+    # far below B_noise -> sqrt(k/n), at 4x B_noise > 1
     small = derive_expert_lr_ratio(MoEConfig(gradient_noise_scale_tokens=1e9), model, batch_tokens=1e3)[0]
     huge = derive_expert_lr_ratio(MoEConfig(gradient_noise_scale_tokens=1e3), model, batch_tokens=4e3 * 4)[0]
     assert small == pytest.approx(0.5, abs=1e-3) and huge > 1.0
@@ -76,7 +82,7 @@ def test_expert_lr_ratio_is_derived_from_the_routing_unless_fixed(tokenizer):
     assert derive_expert_lr_ratio(MoEConfig(), dense, 4096)[0] == 1.0
     mixed = native_policy(tokenizer, moe_topk=[1, 2])
     with pytest.raises(ConfigError, match="moe_topk differs between layers.*set it in the config"):
-        derive_expert_lr_ratio(MoEConfig(), mixed, 4096)
+        derive_expert_lr_ratio(MoEConfig(gradient_noise_scale_tokens=1e3), mixed, 4096)
 
 
 def test_batch_tokens_come_from_the_trainer_arguments():
@@ -170,8 +176,10 @@ def test_sft_trains_the_router_logs_the_load_and_derives_the_expert_lr(tmp_path,
         assert 0.25 <= h["moe/expert_load_max_share"] <= 1.0 and h["moe/dropped"] == 0
         assert 0.25 <= h["moe/router_demand_max_share"] <= 1.0
         assert {"moe/layer_0/max_share", "moe/layer_1/demand_max_share", "moe/recycled"} <= set(h)
-        assert h["lr/experts"] == pytest.approx(expert_lr_ratio(4, 1) * h["lr/shared_expert"])
-    assert cfg.moe.expert_lr_ratio == pytest.approx(expert_lr_ratio(4, 1))  # the card states the value used
+    derived = expert_lr_ratio(4, 1, 2, trainer.noise_scale.b_simple)  # measured on the run, 2 rows per step
+    for h in logs:
+        assert h["lr/experts"] == pytest.approx(derived * h["lr/shared_expert"])
+    assert cfg.moe.expert_lr_ratio == pytest.approx(derived)  # the card states the value used
 
 
 def test_sft_loss_holds_the_aux_loss_exactly_once(tmp_path, tokenizer):

@@ -208,7 +208,7 @@ def test_param_groups_have_the_configured_learning_rates():
 def test_frozen_router_is_left_out_of_the_optimizer():
     model = micro_moe(freeze_router=True)
     assert all(not p.requires_grad for n, p in model.named_parameters() if "mlp.gate." in n)
-    names = [g["name"] for g in build_param_groups(model, 1e-4, 0.0, MoEConfig())]
+    names = [g["name"] for g in build_param_groups(model, 1e-4, 0.0, MoEConfig(expert_lr_ratio=0.5))]
     assert "router" not in names and set(names) <= set(GROUP_NAMES)
 
 

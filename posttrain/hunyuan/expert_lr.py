@@ -22,19 +22,17 @@ Properties: the ratio is 1 when k = n (every expert sees every token); for x -> 
 below the noise scale) it tends to sqrt(k/n), the square-root rule; it is < 1 while
 B * sqrt(k/n) < B_noise and exceeds 1 beyond (batches so large that smaller ones are better).
 
-The report gives ~0.31 for Hunyuan-Large (n = 16 routed experts, top-1, 1 shared expert) but not
-B / B_noise. Solving the formula for 0.31 at k/n = 1/16 gives x = 0.96 / 3.69 = 0.260: the
-shared expert's batch was about a quarter of the noise scale, close to the sqrt(k/n) = 0.25
-limit. `REPORT_BATCH_OVER_NOISE` holds that value and is the default when the caller does not
-know B_noise. With it, Hunyuan-A13B routing (64 routed experts, top-8, k/n = 1/8) gets 0.43.
-Smollm2-moe's routing (top-1 of 4) gets 0.59.
+Where B_noise comes from: the run measures it (posttrain/moe/noise_scale.py: McCandlish et al.'s
+B_simple = tr(Σ)/|G|² from small- and big-batch gradients of the run's own first batches, at its
+starting weights) unless `moe.gradient_noise_scale_tokens` gives it; the trainer logs B_noise and
+the ratio it gives (posttrain/moe/param_groups.py). A number in `moe.expert_lr_ratio` is a fixed
+override instead.
 
-In the trainers (posttrain/moe/recipe.py, posttrain/moe/param_groups.py): `moe.expert_lr_ratio: null`, the
-default, uses `expert_lr_ratio_for(model.config, B, B_noise)` with B = the tokens per optimizer
-step read from the trainer's arguments (per-device batch x accumulation x world size x tokens per
-sequence) and B_noise = `moe.gradient_noise_scale_tokens`; when B_noise is not given the ratio
-falls back to the report's operating point above, where B drops out. A number in
-`moe.expert_lr_ratio` (the report's 0.31) is a fixed override. The trainer logs the value used.
+Hunyuan-Large's own figure: the report states a routed-expert learning rate of about 0.31 of the
+shared expert's for its routing (1 shared + 16 routed experts, top-1) and does not publish B or
+B_noise. `REPORT_EXPERT_LR_RATIO` holds that figure; Hunyuan-Large's recipe
+(configs/posttrain/sft_hunyuan_large.yaml) fixes it. Inverting the formula, 0.31 at k/n = 1/16
+means B/B_noise ≈ 0.26 there — an inference about their run, not a default for any other.
 """
 from __future__ import annotations
 
@@ -42,8 +40,10 @@ import math
 
 from .configuration import HunyuanError
 
-REPORT_EXPERT_LR_RATIO = 0.31  # the report's figure for Hunyuan-Large
-REPORT_BATCH_OVER_NOISE = 0.96 / 3.69  # B / B_noise at which the formula gives 0.31 for top-1 of 16
+# Hunyuan-Large report (Sun et al. 2024, arXiv 2411.02265), "Expert Specific Learning Rate Scaling":
+# the specialized (routed) experts' learning rate relative to the shared expert's, for top-1 of 16.
+REPORT_EXPERT_LR_RATIO = 0.31
+REPORT_EXPERT_LR_SOURCE = "Hunyuan-Large report (arXiv 2411.02265), Expert Specific Learning Rate Scaling"
 
 
 def optimal_adam_lr(batch: float, noise_scale: float, peak_lr: float = 1.0) -> float:
@@ -53,27 +53,20 @@ def optimal_adam_lr(batch: float, noise_scale: float, peak_lr: float = 1.0) -> f
     return 2 * peak_lr / (math.sqrt(noise_scale / batch) + math.sqrt(batch / noise_scale))
 
 
-def expert_lr_ratio(num_experts: int, top_k: int, batch_tokens: float | None = None,
-                    noise_scale_tokens: float | None = None) -> float:
-    """Routed experts' LR / shared expert's LR for top-`top_k` routing over `num_experts`.
-
-    `batch_tokens` is the tokens per optimizer step (all devices, after accumulation) and
-    `noise_scale_tokens` the gradient noise scale B_noise in tokens. Without both, B / B_noise is
-    taken as `REPORT_BATCH_OVER_NOISE` (the value that reproduces the report's 0.31).
-    """
+def expert_lr_ratio(num_experts: int, top_k: int, batch: float, noise_scale: float) -> float:
+    """Routed experts' LR / shared expert's LR for top-`top_k` routing over `num_experts`, at a batch
+    of `batch` per optimizer step and gradient noise scale `noise_scale` (the same unit: tokens, or
+    rows). An infinite noise scale (too noisy to measure) gives the x -> 0 limit sqrt(k/n)."""
     if num_experts < 1 or not 1 <= top_k <= num_experts:
         raise HunyuanError(f"moe_topk={top_k} must be between 1 and num_experts={num_experts}")
-    if (batch_tokens is None) != (noise_scale_tokens is None):
-        raise HunyuanError("give both batch_tokens and noise_scale_tokens, or neither")
-    if batch_tokens is None:
-        batch_tokens, noise_scale_tokens = REPORT_BATCH_OVER_NOISE, 1.0
     share = top_k / num_experts
-    return (optimal_adam_lr(batch_tokens * share, noise_scale_tokens)
-            / optimal_adam_lr(batch_tokens, noise_scale_tokens))
+    if math.isinf(noise_scale) and batch > 0:
+        return math.sqrt(share)
+    return optimal_adam_lr(batch * share, noise_scale) / optimal_adam_lr(batch, noise_scale)
 
 
-def expert_lr_ratio_for(config, batch_tokens: float | None = None, noise_scale_tokens: float | None = None) -> float:
-    """`expert_lr_ratio` for a model config with `num_experts` and `moe_topk` (or the
+def routing(config) -> tuple[int, int]:
+    """(num_experts, top_k) of a model config with `num_experts` and `moe_topk` (or the
     `num_local_experts` / `num_experts_per_tok` spellings); per-layer top-k must be uniform."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     num_experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
@@ -84,4 +77,10 @@ def expert_lr_ratio_for(config, batch_tokens: float | None = None, noise_scale_t
         if len(set(top_k)) != 1:
             raise HunyuanError(f"moe_topk differs between layers ({sorted(set(top_k))}): one expert LR cannot fit all")
         top_k = top_k[0]
-    return expert_lr_ratio(int(num_experts), int(top_k), batch_tokens, noise_scale_tokens)
+    return int(num_experts), int(top_k)
+
+
+def expert_lr_ratio_for(config, batch: float, noise_scale: float) -> float:
+    """`expert_lr_ratio` for a model config (see `routing`)."""
+    num_experts, top_k = routing(config)
+    return expert_lr_ratio(num_experts, top_k, batch, noise_scale)

@@ -10,19 +10,20 @@
   `router_aux_loss_coef` in the config is the weight.
 - **Dropout** (posttrain/moe/dropout.py) and **per-group learning rates** (posttrain/moe/param_groups.py).
 - **Expert-specific learning rate** (`expert_lr_ratio`; derivation in posttrain/hunyuan/expert_lr.py).
-  By default it is derived from the model's routing, as the Hunyuan-Large report does: with top-k
-  of n routed experts each expert sees about k/n of a batch's B tokens, and Li et al.'s optimal
-  Adam learning rate eps_opt(B) = 2 eps_max / (sqrt(B_noise/B) + sqrt(B/B_noise)) gives
+  By default it is derived from the model's routing and the run's gradient noise scale, as the
+  Hunyuan-Large report does: with top-k of n routed experts each expert sees about k/n of a batch's
+  B tokens, and Li et al.'s optimal Adam learning rate eps_opt(B) = 2 eps_max / (sqrt(B_noise/B) +
+  sqrt(B/B_noise)) gives
 
       expert_lr_ratio = eps_opt(B k/n) / eps_opt(B).
 
-  B is the tokens per optimizer step (per-device batch x accumulation x world size x tokens per
-  sequence, read from the trainer; posttrain/moe/param_groups.py). The ratio depends on B only through
-  B / B_noise: with `gradient_noise_scale_tokens` (B_noise, if you measured it) the run's B enters;
-  without it B / B_noise is the report's operating point (0.26, the value at which the formula
-  gives the report's 0.31 for top-1 of 16), so top-1 of 16 -> 0.31, top-8 of 64 -> 0.43,
-  top-1 of 4 (smollm2-moe) -> 0.59. A number in `expert_lr_ratio` is a fixed override (e.g. 0.31).
-  The trainer logs the value used and how it was derived.
+  B is the batch per optimizer step (per-device batch x accumulation x world size, read from the
+  trainer; posttrain/moe/param_groups.py). B_noise is `gradient_noise_scale_tokens` when given, else
+  measured on the run before its first step (`noise_scale_batches` small batches of its own data at
+  its starting weights: McCandlish et al.'s B_simple, posttrain/moe/noise_scale.py). The trainer logs
+  both and the ratio, in the log and in the first training log line (`noise_scale/...`); the model
+  card's recipe states them. A number in `expert_lr_ratio` is a fixed override (Hunyuan-Large's
+  recipe: the report's 0.31).
 - **Expert load** (posttrain/moe/expert_load.py): the share of routed tokens each layer's busiest
   expert took, and dropped / recycled counts, logged as `moe/...` with the training loss.
 - `prepare_moe_model` applies the recipe to a loaded or in-memory model.
@@ -31,12 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 from datagen.config_loader import option
 from posttrain.moe.dropout import apply_dropout, write_dropout_to_config  # noqa: F401 - write_… is part of the recipe API
 
 log = logging.getLogger(__name__)
+
+NOISE_SCALE_GROUP = 4  # small batches per big batch in the noise-scale measurement (B_big = 4 B_small)
 
 
 @dataclass
@@ -48,13 +52,18 @@ class MoEConfig:
     hidden_dropout: float = option(0.0, "dropout on attention/MoE block outputs before the residual (report SFT: 0.2)")
     shared_expert_lr_ratio: float = option(1.0, "shared expert LR = learning_rate × this")
     expert_lr_ratio: float | None = option(
-        None, "specialized experts' LR = learning_rate × this; null = derived from the model's routing: "
-              "eps_opt(B·k/n) / eps_opt(B) with Li et al.'s optimal Adam LR eps_opt(B) = 2·eps_max / "
-              "(sqrt(B_noise/B) + sqrt(B/B_noise)), top-k of n routed experts, B = tokens per optimizer step "
-              "(top-1 of 16 -> 0.31 as in the report, top-1 of 4 -> 0.59); a number overrides it (report: 0.31)")
+        None, "specialized experts' LR = learning_rate × this; null = derived from the model's routing and the "
+              "gradient noise scale: eps_opt(B·k/n) / eps_opt(B) with Li et al.'s optimal Adam LR eps_opt(B) = "
+              "2·eps_max / (sqrt(B_noise/B) + sqrt(B/B_noise)), top-k of n routed experts, B = the batch per "
+              "optimizer step; a number overrides it (Hunyuan-Large's report: 0.31 for top-1 of 16)")
     gradient_noise_scale_tokens: float = option(
-        0.0, "B_noise in tokens, if measured: the derived expert_lr_ratio then uses the run's batch B; "
-             "0 = unknown: B/B_noise is the report's operating point (0.26) and the batch size drops out")
+        0.0, "B_noise in tokens, if known: the derived expert_lr_ratio uses it with the run's batch; "
+             "0 = measure it on this run (noise_scale_batches); the card records the value used")
+    noise_scale_batches: int = option(
+        8, "small batches (per_device_train_batch_size rows each, 4 to a big batch) of the run's own data whose "
+           "gradients measure the gradient noise scale B_simple = tr(Σ)/|G|² before the first step, when "
+           "expert_lr_ratio is null and gradient_noise_scale_tokens 0; 0 = do not measure (then one of the "
+           "two must be given)")
     router_lr_ratio: float = option(1.0, "router (gate) LR = learning_rate × this")
     attention_lr_ratio: float = option(1.0, "attention projections LR = learning_rate × this")
     embedding_lr_ratio: float = option(1.0, "token embeddings / LM head LR = learning_rate × this")
@@ -73,6 +82,9 @@ class MoEConfig:
             raise ValueError(f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.gradient_noise_scale_tokens < 0:
             raise ValueError(f"gradient_noise_scale_tokens must be >= 0, got {self.gradient_noise_scale_tokens}")
+        if self.noise_scale_batches < 0 or 0 < self.noise_scale_batches < NOISE_SCALE_GROUP:
+            raise ValueError(f"noise_scale_batches must be 0 or >= {NOISE_SCALE_GROUP} (one big batch), "
+                             f"got {self.noise_scale_batches}")
 
     def lr_ratio(self, group: str) -> float:
         """The learning-rate multiplier of a parameter group ("other" trains at the base LR).
@@ -89,31 +101,51 @@ class MoEConfig:
         }.get(group, 1.0)
 
 
-def derive_expert_lr_ratio(moe: MoEConfig, model, batch_tokens: float | None = None) -> tuple[float, str]:
+def has_routed_experts(model) -> bool:
+    config = model.config.get_text_config()
+    return (getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 1) > 1
+
+
+def needs_noise_scale(moe: MoEConfig, model) -> bool:
+    """The experts' LR ratio is to be derived and B_noise is not given: the run must measure it."""
+    return moe.expert_lr_ratio is None and not moe.gradient_noise_scale_tokens and has_routed_experts(model)
+
+
+def derive_expert_lr_ratio(moe: MoEConfig, model, batch_tokens: float | None = None, batch_rows: float | None = None,
+                           measured=None) -> tuple[float, str]:
     """(the experts' LR ratio to use, one line saying where it comes from); `moe` is left as it is.
 
-    The fixed `expert_lr_ratio` if set; else derived from the model's routing (module docstring).
-    A model without routed experts has no experts group: 1.0."""
+    The fixed `expert_lr_ratio` if set; else derived from the model's routing at B / B_noise, with
+    B_noise = `moe.gradient_noise_scale_tokens` (against `batch_tokens`, the tokens per optimizer step)
+    or `measured` (a posttrain.moe.noise_scale.NoiseScale in rows, against `batch_rows`). A model
+    without routed experts has no experts group: 1.0."""
     from posttrain.hunyuan.configuration import HunyuanError
-    from posttrain.hunyuan.expert_lr import REPORT_BATCH_OVER_NOISE, expert_lr_ratio_for
+    from posttrain.hunyuan.expert_lr import expert_lr_ratio_for
 
     from datagen.config_loader import ConfigError
 
     if moe.expert_lr_ratio is not None:
         return moe.expert_lr_ratio, f"expert_lr_ratio {moe.expert_lr_ratio:g} (fixed in the config)"
-    config = model.config.get_text_config()
-    if (getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 1) == 1:
+    if not has_routed_experts(model):
         return 1.0, "no routed experts: expert_lr_ratio unused"
-    noise = moe.gradient_noise_scale_tokens or None
+    config = model.config.get_text_config()
     try:
-        if noise and batch_tokens:
+        if moe.gradient_noise_scale_tokens and batch_tokens:
+            noise = moe.gradient_noise_scale_tokens
             ratio = expert_lr_ratio_for(config, batch_tokens, noise)
-            point = f"B = {batch_tokens:,.0f} tokens/step, B_noise = {noise:,.0f} (B/B_noise {batch_tokens / noise:.3g})"
+            point = f"B = {batch_tokens:,.0f} tokens/step, B_noise = {noise:,.0f} tokens (given; B/B_noise {batch_tokens / noise:.3g})"
+        elif measured is not None and batch_rows:
+            noise = measured.b_simple
+            ratio = expert_lr_ratio_for(config, batch_rows, noise)
+            point = (f"B = {batch_rows:g} rows/step, B_noise = {noise:.3g} rows (measured on this run; "
+                     f"B/B_noise {batch_rows / noise:.3g})" if math.isfinite(noise) else
+                     f"B = {batch_rows:g} rows/step, B_noise beyond the measurement (|G|² estimate <= 0: "
+                     "B/B_noise -> 0, the square-root rule sqrt(k/n))")
         else:
-            ratio = expert_lr_ratio_for(config)
-            point = (f"B/B_noise = {REPORT_BATCH_OVER_NOISE:.2f}, the report's operating point (B_noise unknown; "
-                     f"batch {batch_tokens:,.0f} tokens/step)" if batch_tokens else
-                     f"B/B_noise = {REPORT_BATCH_OVER_NOISE:.2f}, the report's operating point")
+            raise ConfigError("moe.expert_lr_ratio is null (derive it) but the gradient noise scale is unknown: "
+                              "let the run measure it (moe.noise_scale_batches > 0, the default), give "
+                              "moe.gradient_noise_scale_tokens, or fix moe.expert_lr_ratio (the Hunyuan-Large "
+                              "report's 0.31 is for top-1 of 16)")
     except HunyuanError as err:  # e.g. top-k differing between layers: one ratio cannot fit them all
         raise ConfigError(f"cannot derive moe.expert_lr_ratio: {err}; set it in the config") from None
     routing = _routing_of(config)

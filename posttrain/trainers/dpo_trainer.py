@@ -61,8 +61,9 @@ class MoEDPOTrainer(MoETrainerMixin, DPOTrainer):
     slots: given a `feed` (posttrain/online/feed.py) its dataset holds slot numbers, read in order,
     that become the current round's rows in `training_step`."""
 
-    def __init__(self, *args, feed: RoundFeed | None = None, **kwargs):
+    def __init__(self, *args, feed: RoundFeed | None = None, noise_pairs: list[dict] | None = None, **kwargs):
         self.feed = feed
+        self.noise_pairs = noise_pairs  # offline pairs: what the gradient noise scale is measured on
         self.round_stats: dict | None = None
         super().__init__(*args, **kwargs)
         self.pair_collator = self.data_collator  # TRL's padding collator, used on the rows of the slots
@@ -96,6 +97,17 @@ class MoEDPOTrainer(MoETrainerMixin, DPOTrainer):
         if "slot" in inputs:
             inputs = self.pair_collator(self.feed.rows_for(inputs["slot"].tolist()))
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def noise_scale_batches(self, count: int) -> list | None:
+        """Small batches of the offline pairs (the online ones do not exist before round 0), tokenized
+        and collated as the rounds' rows are."""
+        if "slot" not in (self.train_dataset.column_names or []):
+            return super().noise_scale_batches(count)
+        if not self.noise_pairs:
+            return None
+        size = self.args.per_device_train_batch_size
+        rows = self.tokenize_rows(self.noise_pairs[:count * size], "noise scale")
+        return [self.pair_collator(rows[i:i + size]) for i in range(0, len(rows) - size + 1, size)]
 
     # ------------------------------------------------------------------ logging and the loss guard
 
@@ -242,7 +254,7 @@ def train_rounds(cfg: DPORunConfig, args: DPOConfig, run: DPORun, checkpoint: Pa
     trainer = MoEDPOTrainer(
         model=policy, ref_model=reference, args=args,
         train_dataset=slot_dataset(cfg.max_steps * feed.rows_per_step), processing_class=run.tokenizer,
-        moe_config=cfg.moe, feed=feed,
+        moe_config=cfg.moe, feed=feed, noise_pairs=rounds.offline.items,
         callbacks=[driver] + [cb for cb in (ema, tensorboard) if cb is not None] + list(callbacks or [])
         + [round_state])
     trainer.add_callback(CommitCheckpoint(cfg.keep_checkpoints))  # last: after the round and EMA state
