@@ -6,12 +6,16 @@
   2 x 2 rows is not the aux term of 4 rows (measured: 1.4% of the update with it on, 1.5e-5 off).
 - SFT under FSDP on CPU (configs/accelerate/fsdp_cpu.yaml) shards the model (accelerate writes its
   FSDP checkpoint format) and ends where 1 process ends.
-- DPO with online rounds and 2 processes trains one job: each round's rows cover both ranks' batches.
+- DPO with online rounds and 2 processes trains one job: each round's rows cover both ranks' batches,
+  and the rows, the checkpoint's weights and the exported policy EMA are those of 1 process at the same
+  global batch (2 x 2 vs 1 x 4 pairs per step; only the sigmoid loss and no aux loss for the comparison:
+  TRL's SFT term and the balancing loss are means over each rank's own tokens).
 - `accelerate launch --num_processes 2 --cpu` starts one process (accelerate needs mpirun for more):
   refused with one line instead of a lone training.
 - Every rank of a training command leaves the process group before it exits (after a finished run
   and after a user error): a gloo rank that does not can abort at interpreter shutdown.
-- Marked vllm: DPO with online rounds sampled by vLLM under FSDP on CPU.
+- Marked vllm: DPO with online rounds sampled by vLLM under FSDP on CPU, also against 1 process (sampling
+  from its own vLLM engine with the same seeds) at the same global batch.
 """
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ def update_difference(out: Path, reference: Path) -> float:
     """|θ − θ_ref| / |θ_ref − θ_0| over every tensor: how far two runs' updates differ."""
     start = load_file(str(Path(resolve_model(MODEL)) / "model.safetensors"))
     mine, theirs = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert any(not torch.equal(theirs[k], start[k]) for k in start)  # the reference trained
     assert mine.keys() == theirs.keys() == start.keys()
     apart = sum(((mine[k] - theirs[k]) ** 2).sum() for k in mine) ** 0.5
     moved = sum(((theirs[k] - start[k]) ** 2).sum() for k in mine) ** 0.5
@@ -133,16 +138,33 @@ def test_fsdp_sft_on_cpu_is_one_sharded_job(sft_data, one_process, tmp_path):
     assert update_difference(out, one_process) < TOLERANCE  # the final save gathered the full weights
 
 
-def dpo_args(out: Path) -> list[str]:
+def dpo_args(out: Path, per_device: int = 2) -> list[str]:
     return ["--config", str(ROOT / "configs/posttrain/dpo_tiny.yaml"), "--output_dir", str(out), "--max_steps", "2",
             "--online.steps_per_round", "1", "--online.num_samples", "2", "--online.prompts_per_round", "2",
             "--online.max_new_tokens", "8", "--online.kl_samples", "1", "--online.margin", "0",
-            "--report_to", "none"]
+            "--per_device_train_batch_size", str(per_device), "--loss_type", "[sigmoid]", "--loss_weights", "[1.0]",
+            "--moe.router_aux_loss_coef", "0", "--report_to", "none"]
 
 
 def train_rows(out: Path, index: int) -> list[dict]:
     lines = [json.loads(line) for line in (out / "rounds" / f"round-{index:03d}.jsonl").open()]
     return [line for line in lines if line["kind"] == "train_row"]
+
+
+def dpo_one_process(out: Path, extra: list[str] = ()) -> Path:
+    """The reference: one process, 4 pairs per step (the global batch of 2 x 2)."""
+    from posttrain.dpo import main
+
+    assert main(dpo_args(out, per_device=4) + list(extra)) == 0
+    return out
+
+
+def ends_like_one_process(out: Path, reference: Path) -> None:
+    """The same rows in every round, then the same weights: the last checkpoint's (raw) and the exported EMA."""
+    for index in (0, 1):
+        assert train_rows(out, index) == train_rows(reference, index), index
+    assert update_difference(out / "checkpoint-2", reference / "checkpoint-2") < TOLERANCE
+    assert update_difference(out, reference) < TOLERANCE
 
 
 def test_ddp_dpo_with_online_rounds_is_one_job(tmp_path):
@@ -156,6 +178,7 @@ def test_ddp_dpo_with_online_rounds_is_one_job(tmp_path):
         rows = train_rows(out, index)
         assert len(rows) == 4 and any(r.get("source") == "online" for r in rows), rows
     assert (out / "checkpoint-2" / "rng_state_1.pth").is_file()
+    ends_like_one_process(out, dpo_one_process(tmp_path / "one"))
 
 
 def test_a_cpu_launch_that_starts_one_process_for_two_is_refused(sft_data, tmp_path):
@@ -192,6 +215,7 @@ def test_fsdp_dpo_samples_online_rounds_from_vllm(tmp_path):
     assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()
     for index in (0, 1):
         assert len(train_rows(out, index)) == 4
+    ends_like_one_process(out, dpo_one_process(tmp_path / "one", engine))
 
 
 COMMAND_IN_TWO_RANKS = """
