@@ -167,7 +167,7 @@ def test_a_run_measures_its_noise_scale_derives_the_expert_lr_and_is_otherwise_u
 
     cfg, trainer = run("measured", noise_scale_batches=8)
     measured = trainer.noise_scale
-    assert measured is not None and measured.big_batches == 2 and measured.small_batch == 2
+    assert measured is not None and measured.big_batches == 2 and measured.small_batch == 1  # per-row gradients
     rows = 2  # per_device_train_batch_size 2 x 1 accumulation x 1 process
     expected = expert_lr_ratio(4, 1, rows, measured.b_simple)  # top-1 of 4 routed experts
     assert cfg.moe.expert_lr_ratio == pytest.approx(expected)
@@ -214,3 +214,24 @@ def test_a_resumed_run_takes_the_ratio_back_from_its_checkpoint_instead_of_measu
     assert resumed_cfg.moe.expert_lr_ratio == pytest.approx(first_cfg.moe.expert_lr_ratio)
     last = [h for h in resumed.state.log_history if "loss" in h][-1]
     assert last["lr/experts"] == pytest.approx(first_cfg.moe.expert_lr_ratio * last["lr/shared_expert"])
+
+
+def test_the_measurement_depends_on_the_model_and_data_not_on_the_per_device_batch(tmp_path, tokenizer):
+    """Per-row gradients of the same first rows: a launch with 4 rows per device measures what one with 2
+    does (and so does each rank of a process group, test above); only B, the rows per step, differs."""
+    from posttrain.moe.recipe import MoEConfig
+    from posttrain.trainers.sft_trainer import build_trainer
+    from test_hunyuan_training import native_policy, save_chats, sft_config
+
+    chats = save_chats(tmp_path / "chats", n=48)
+    measured = {}
+    for per_device in (2, 4):
+        cfg = sft_config(tmp_path / str(per_device), dataset=chats, per_device_train_batch_size=per_device,
+                         moe=MoEConfig(router_aux_loss_coef=0.01))
+        trainer, _ = build_trainer(cfg, model=native_policy(tokenizer), tokenizer=tokenizer)
+        trainer.create_optimizer()
+        measured[per_device] = (trainer.noise_scale, cfg.moe.expert_lr_ratio)
+    (two, ratio_two), (four, ratio_four) = measured[2], measured[4]
+    assert two.b_simple == pytest.approx(four.b_simple, rel=1e-9)
+    assert ratio_two == pytest.approx(expert_lr_ratio(4, 1, 2, two.b_simple))
+    assert ratio_four == pytest.approx(expert_lr_ratio(4, 1, 4, two.b_simple))

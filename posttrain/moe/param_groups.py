@@ -143,21 +143,20 @@ class MoETrainerMixin(ExpertSafeResumeMixin):
     # ------------------------------------------------------------------ the gradient noise scale
 
     def noise_scale_batches(self, count: int) -> list | None:
-        """`count` small batches (collated rows, `per_device_train_batch_size` each) of the run's own
-        training data for `measure_noise_scale`: the first rows of the training set (every rank the
-        same), or None when the dataset holds no tokenized rows. DPO overrides it (its rows come
-        per round)."""
+        """`count` small batches of one row each (collated) of the run's own training data for
+        `measure_noise_scale`: the first rows of the training set, the same on every rank and for any
+        per-device batch (the measurement depends on the model and the data, not on the launch), or None
+        when the dataset holds no tokenized rows. DPO overrides it (its rows come per round)."""
         data = self.train_dataset
         if data is None or "input_ids" not in (getattr(data, "column_names", None) or []):
             return None
-        size = self.args.per_device_train_batch_size
         data = self._remove_unused_columns(data, description="noise scale")
-        rows = [data[i] for i in range(min(count * size, len(data)))]
-        return [self.data_collator(rows[i:i + size]) for i in range(0, len(rows) - size + 1, size)]
+        return [self.data_collator([data[i]]) for i in range(min(count, len(data)))]
 
     def measure_noise_scale(self, model):
-        """McCandlish et al.'s B_simple in rows, on this run's first batches at its starting weights
-        (posttrain/moe/noise_scale.py). The measurement leaves no trace in training: gradients are
+        """McCandlish et al.'s B_simple in rows, on this run's first rows at its starting weights
+        (posttrain/moe/noise_scale.py): per-row gradients (small batches of one row) and the means of
+        4 of them, the same batches and groups whatever the per-device batch and the number of ranks. The measurement leaves no trace in training: gradients are
         zeroed, the random state, the model's mode, TRL's metrics and the expert-load counts are put back."""
         import copy
 
@@ -183,7 +182,7 @@ class MoETrainerMixin(ExpertSafeResumeMixin):
             group = len(batches) // world
         if group < 2:
             raise ConfigError(f"too little data to measure the gradient noise scale ({len(batches)} batches of "
-                              f"{self.args.per_device_train_batch_size} rows, {2 * world} needed): "
+                              f"one row, {2 * world} needed): "
                               "give moe.gradient_noise_scale_tokens or fix moe.expert_lr_ratio")
         groups = min(groups, len(batches) // (group * world) * world)
         batches = batches[:groups * group]
@@ -198,7 +197,7 @@ class MoETrainerMixin(ExpertSafeResumeMixin):
         was_training = model.training
         model.train()
         try:
-            measured = measure_noise_scale(model, batches, loss_of, self.args.per_device_train_batch_size, group)
+            measured = measure_noise_scale(model, batches, loss_of, 1, group)
         finally:
             model.train(was_training)
             torch.random.set_rng_state(rng)

@@ -19,8 +19,8 @@
 
   B is the batch per optimizer step (per-device batch x accumulation x world size, read from the
   trainer; posttrain/moe/param_groups.py). B_noise is `gradient_noise_scale_tokens` when given, else
-  measured on the run before its first step (`noise_scale_batches` small batches of its own data at
-  its starting weights: McCandlish et al.'s B_simple, posttrain/moe/noise_scale.py). The trainer logs
+  measured on the run before its first step (per-row gradients of `noise_scale_batches` rows of its
+  own data at its starting weights: McCandlish et al.'s B_simple, posttrain/moe/noise_scale.py). The trainer logs
   both and the ratio, in the log and in the first training log line (`noise_scale/...`); the model
   card's recipe states them. A number in `expert_lr_ratio` is a fixed override (Hunyuan-Large's
   recipe: the report's 0.31).
@@ -60,7 +60,7 @@ class MoEConfig:
         0.0, "B_noise in tokens, if known: the derived expert_lr_ratio uses it with the run's batch; "
              "0 = measure it on this run (noise_scale_batches); the card records the value used")
     noise_scale_batches: int = option(
-        8, "small batches (per_device_train_batch_size rows each, 4 to a big batch) of the run's own data whose "
+        8, "rows of the run's own data (small batches of 1 row, 4 to a big batch) whose per-row "
            "gradients measure the gradient noise scale B_simple = tr(Σ)/|G|² before the first step, when "
            "expert_lr_ratio is null and gradient_noise_scale_tokens 0; 0 = do not measure (then one of the "
            "two must be given)")

@@ -99,15 +99,13 @@ class MoEDPOTrainer(MoETrainerMixin, DPOTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def noise_scale_batches(self, count: int) -> list | None:
-        """Small batches of the offline pairs (the online ones do not exist before round 0), tokenized
-        and collated as the rounds' rows are."""
+        """Small batches of one offline pair each (the online ones do not exist before round 0),
+        tokenized and collated as the rounds' rows are."""
         if "slot" not in (self.train_dataset.column_names or []):
             return super().noise_scale_batches(count)
         if not self.noise_pairs:
             return None
-        size = self.args.per_device_train_batch_size
-        rows = self.tokenize_rows(self.noise_pairs[:count * size], "noise scale")
-        return [self.pair_collator(rows[i:i + size]) for i in range(0, len(rows) - size + 1, size)]
+        return [self.pair_collator([row]) for row in self.tokenize_rows(self.noise_pairs[:count], "noise scale")]
 
     # ------------------------------------------------------------------ logging and the loss guard
 
