@@ -1,4 +1,4 @@
-"""Write the held-out math eval set: `python scripts/make_math_eval.py [--seed 20261201] [--per_level 75]`.
+"""Write the held-out math eval set: `python scripts/make_math_eval.py [--seed 20261201] [--per_level 75] [--blocks 2]`.
 
 Deterministic: the same seed and size give the same file, byte for byte (a test regenerates it and
 compares). Four difficulty levels, written for this project and checked against the shipped seeds
@@ -192,10 +192,13 @@ def make_level(level: int, count: int, r: random.Random, seen: set[str]) -> list
     return items
 
 
-def make_items(seed: int, per_level: int) -> list[dict]:
-    r, seen = random.Random(seed), set()
-    levels = [make_level(level, per_level, r, seen) for level in sorted(LEVELS)]
-    rows = [item for group in zip(*levels) for item in group]  # interleaved: any prefix covers every level
+def make_items(seed: int, per_level: int, blocks: int = 1) -> list[dict]:
+    """`blocks` blocks of `per_level` items per level, drawn one after the other from one generator: a file
+    of more blocks starts with the file of fewer, byte for byte (ids and items kept when the set grows)."""
+    r, seen, rows = random.Random(seed), set(), []
+    for _ in range(blocks):
+        levels = [make_level(level, per_level, r, seen) for level in sorted(LEVELS)]
+        rows += [item for group in zip(*levels) for item in group]  # interleaved: any prefix covers every level
     return [{"id": f"math-{i:04d}", **row} for i, row in enumerate(rows)]
 
 
@@ -207,9 +210,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--per_level", type=int, default=75)
+    parser.add_argument("--blocks", type=int, default=2, help="600 items; the first block is the 300-item set "
+                                                              "of the figures measured before 2026-12-07")
     parser.add_argument("--output", default=str(OUT))
     args = parser.parse_args()
-    items = make_items(args.seed, args.per_level)
+    items = make_items(args.seed, args.per_level, args.blocks)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(render(items), encoding="utf-8")
     print(f"wrote {len(items)} items to {args.output}")

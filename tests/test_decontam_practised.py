@@ -90,4 +90,4 @@ def test_shipped_seeds_and_calibration_pairs_are_disjoint_from_the_eval_sets():
     texts += [t for p in load_pairs() for t in (p.question, p.good, p.bad)]
     assert [(t, indexes.find(t, instruction=True)) for t in texts if indexes.find(t, instruction=True)] == []
     assert {name: len(eval_sets.load(name)) for name in DecontamConfig().eval_sets} == \
-        {"math": 300, "code": 164, "judge": 84}
+        {"math": 600, "code": 164, "judge": 84}

@@ -67,10 +67,11 @@ def sets():
 
 
 def test_sizes_and_coverage(sets, seeds):
-    assert len(sets["math"]) == 300 and len(sets["code"]) == 164
+    assert len(sets["math"]) == 600 and len(sets["code"]) == 164
     assert 60 <= len(sets["judge"]) <= 100
     levels = [item["level"] for item in sets["math"]]
-    assert {level: levels.count(level) for level in set(levels)} == {1: 75, 2: 75, 3: 75, 4: 75}
+    assert {level: levels.count(level) for level in set(levels)} == {1: 150, 2: 150, 3: 150, 4: 150}
+    assert {item["level"] for item in sets["math"][300:304]} == {1, 2, 3, 4}  # the second block interleaved too
     assert {item["level"] for item in eval_sets.load("math", limit=4)} == {1, 2, 3, 4}
     seed_domains = {json.loads(line)["domain"] for line in (ROOT / "datagen/data/seeds.jsonl").read_text().splitlines()}
     assert {item["domain"] for item in sets["judge"]} == seed_domains
@@ -86,7 +87,8 @@ def test_the_math_file_is_what_its_seeded_script_writes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     shipped = (ROOT / "datagen/data/eval/math.jsonl").read_text(encoding="utf-8")
-    assert module.render(module.make_items(20261201, 75)) == shipped
+    assert module.render(module.make_items(20261201, 75, blocks=2)) == shipped
+    assert shipped.startswith(module.render(module.make_items(20261201, 75)))  # growing the set kept the first 300
 
 
 def test_arithmetic_answers_are_right(sets):

@@ -48,6 +48,25 @@ def test_prompts_ask_for_extractable_answers():
     assert build_prompt(Record("s", domain="math", instruction="一年有多少天？")).endswith("\\boxed{答案}。")
 
 
+def test_referenced_math_is_asked_as_written_and_cooler():
+    """A math item with a reference is asked exactly as written, at the referenced temperature; an unreferenced
+    one and a referenced code item keep their hints and the general temperature."""
+    cfg = RespondConfig(temperature=0.7, referenced_temperature=0.3)
+    items = [Record("s", domain="math", instruction="Compute 4 + 5.", reference="9"),
+             Record("s", domain="math", instruction="Compute 4 + 6."),
+             Record("t", domain="code", instruction="t", seed_text="t", tests="assert f() == 1")]
+    llm = FakeLLM(lambda req: ["9"] * req.params.n, name="mathy")
+    run(items, cfg, {"default": llm})
+    sent = sorted((c.messages[-1][1], c.params.temperature) for c in llm.calls)
+    assert sent[0] == ("Compute 4 + 5.", 0.3)
+    assert sent[1][0].startswith("Compute 4 + 6.\n\nSolve it step by step") and sent[1][1] == 0.7
+    assert "It must pass these tests" in sent[2][0] and sent[2][1] == 0.3
+    hinted = RespondConfig(hint_referenced_math=True)
+    assert build_prompt(items[0], hinted.hint_referenced_math).endswith("\\boxed{answer}.")
+    with pytest.raises(ValueError, match="referenced_temperature"):
+        RespondConfig(referenced_temperature=-1)
+
+
 # -- the stage ----------------------------------------------------------------------------------
 def general_answers(req):
     prompt = req.messages[-1][1]

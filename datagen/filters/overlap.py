@@ -7,7 +7,7 @@ on both sides.
 
 - exact (`ExactIndex`): the text shares one `n`-gram with an item (13: the GPT-3 test); items shorter
   than `n` but at least `min_n` words are matched whole.
-- short (`ShortIndex`): an item under `n` words (132 of the 300 math items have fewer than 8: no n-gram
+- short (`ShortIndex`): an item under `n` words (235 of the 600 math items have fewer than 8: no n-gram
   test sees them) equals a sentence of the text, or a run of its sentences, after normalisation
   (`short_key`): numbers and operators as tokens ("plus" = "+", "3 x 4" = "3 × 4", "40 percent" =
   "40%", "3加4" = "3 + 4"), content words stemmed, stopwords and framing words ("what is", "compute",

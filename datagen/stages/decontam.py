@@ -13,7 +13,7 @@ the details; texts are compared with Traditional Chinese folded to Simplified an
 - `contaminated_overlap`: covers at least `overlap_threshold` (0.5) of an item's words with shared
   `overlap_ngram`-grams (8) — Tülu 3's test, which catches an item copied with edits;
 - `contaminated_short_item`: a sentence (or a run of sentences) states an item under `ngram` words
-  whole after normalisation (`short_items`): "Compute 3+4." against "What is 3 + 4?" — 132 of the 300
+  whole after normalisation (`short_items`): "Compute 3+4." against "What is 3 + 4?" — 235 of the 600
   math items have under 8 words, which no n-gram test can find;
 - `contaminated_paraphrase` (instruction only): restates an item's task in other words — difflib over
   content words, on items found through a rare shared content bigram (Cosmopedia confirms its 10-gram
