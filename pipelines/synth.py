@@ -29,8 +29,8 @@ from datagen import progress
 from datagen.cache import CACHE_NAMESPACE, default_cache_dir
 from datagen.config_loader import ConfigError, format_keys, load_config, parse_overrides, to_dict
 from datagen.stages.consistency import ConsistencyStage
-from datagen.stages.critique import (COPIED_RATIONALES, CritiqueConfig, CritiqueStage, JudgeCheck, JudgeCheckFailed,
-                                     enforce_min_auc, judge_check, log_check, read_check)
+from datagen.stages.critique import COPIED_RATIONALES, CritiqueConfig, CritiqueStage
+from datagen.stages.judge_check import JudgeCheckStage, JudgeCheckFailed, enforce_min_auc, judge_check, log_check, read_check
 from datagen.stages.decontam import DecontamStage
 from datagen.stages.dedup import DedupStage
 from datagen.stages.evolve import EvolveStage, stage_names as evolve_stage_names
@@ -124,7 +124,7 @@ def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False, judge_chec
     Stages stream into each other where Beam fuses them; `barriers=True` (benchmarks only)
     materialises every stage's output before the next starts, as batch tools do.
     `judge_check_in_job`: the judge check is the job's first step (where the judge runs on the
-    workers): the seeds' records reach `generate` only after it passed (datagen/stages/critique.py)."""
+    workers): the seeds' records reach `generate` only after it passed (datagen/stages/judge_check.py)."""
     models = models_with_cache(cfg)
     evolve_cfg = evolve_config(cfg)
     domains = [*cfg.generate.domains, *cfg.generate.low_resource_domains]
@@ -132,7 +132,7 @@ def build(p: beam.Pipeline, cfg: SynthConfig, barriers: bool = False, judge_chec
     rejected = [seeds.rejected]
     records = seeds.kept
     if judge_check_in_job:
-        records = records | "judge_check" >> JudgeCheck(cfg.critique, models[cfg.critique.model], cfg.output.dir)
+        records = records | "judge_check" >> JudgeCheckStage(cfg.critique, models[cfg.critique.model], cfg.output.dir)
     stages = [
         ("generate", GenerateStage(cfg.generate, models)),
         ("evolve", EvolveStage(evolve_cfg, models)),

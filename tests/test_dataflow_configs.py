@@ -124,7 +124,7 @@ def test_a_check_that_failed_on_the_workers_is_one_line_from_the_runners_error()
     """Dataflow reports a worker's exception as text inside its own error: the launcher finds the check's."""
     err = RuntimeError("Dataflow pipeline failed. State: FAILED, Error:\nTraceback (most recent call last):\n"
                        '  File "apache_beam/runners/common.py", line 1498, in process\n'
-                       "datagen.stages.critique.JudgeCheckFailed: critique judge AUC 0.50 on 50 calibration pairs is "
+                       "datagen.stages.judge_check.JudgeCheckFailed: critique judge AUC 0.50 on 50 calibration pairs is "
                        "below critique.min_auc 0.75: stopped before any stage ran [while running 'judge_check/grade']")
     assert synth.judge_check_failure(err) == ("critique judge AUC 0.50 on 50 calibration pairs is below "
                                               "critique.min_auc 0.75: stopped before any stage ran")

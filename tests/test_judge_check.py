@@ -10,8 +10,8 @@ import math
 import pytest
 
 from datagen.filters import calibration
-from datagen.stages.critique import (CritiqueConfig, CritiqueStage, JudgeCheckFailed, enforce_min_auc, judge_check,
-                              read_critique)
+from datagen.stages.critique import CritiqueConfig, CritiqueStage, read_critique
+from datagen.stages.judge_check import JudgeCheckFailed, enforce_min_auc, judge_check
 from datagen.filters.critique_parse import expected_scores
 from datagen.inference.base import Completion, Request
 from datagen.record import Consistency, Record, Response
