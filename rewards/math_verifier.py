@@ -2,7 +2,9 @@
 
 `check_answer(response, reference)` says whether the response's final answer (math-verify's
 extraction: a boxed answer, "the answer is ...", else the last number or expression) equals the
-reference, and which answer it read — the per-item file of an eval shows both. A full stop right
+reference, and which answer it read — the per-item file of an eval shows both. An answer that equals a
+plain-value reference only as an unevaluated expression ("29 + 64" for "What is 29 + 64?": the question
+restated) is wrong: it states no value. A full stop right
 after a number is dropped first (math-verify reads "5/6." as 5/6.0, a float it finds unequal to 5/6). math-verify's own
 timeouts use SIGALRM, which only the main thread may set; elsewhere they are off (parsing short
 answers is fast). `MathVerifier` is the reward-scorer form (`score(prompts, responses, references)`).
@@ -14,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from datagen.filters.answers import states_the_value
 from rewards.base import check_lengths
 
 
@@ -44,8 +47,9 @@ def check_answer(response: str, reference: str) -> MathCheck:
     predicted = parse(prose, parsing_timeout=timeout) if prose.strip() else []
     if not predicted:
         return MathCheck(0.0, "")
-    correct = verify(gold, predicted, timeout_seconds=timeout)
-    return MathCheck(1.0 if correct else 0.0, str(predicted[-1]).strip())
+    extracted = str(predicted[-1]).strip()
+    correct = verify(gold, predicted, timeout_seconds=timeout) and states_the_value(extracted, reference)
+    return MathCheck(1.0 if correct else 0.0, extracted)
 
 
 class MathVerifier:

@@ -265,3 +265,28 @@ def test_sandbox_leaves_no_temp_dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", None)
     run_sandboxed("print(1)")
     assert os.listdir(tmp_path) == []
+
+
+# -- a right answer states the value --------------------------------------------------------------
+def test_an_expression_that_restates_the_question_is_not_a_right_answer():
+    """"29 + 64" equals 93, but as the answer to "What is 29 + 64?" it only restates the question: against a
+    plain-value reference it is wrong (the datagen check and the eval's / reward's check alike)."""
+    from datagen.filters.answers import is_plain_value
+    from rewards.math_verifier import check_answer
+
+    record = dataclasses.replace(item("s", "math", "The answer is 29 + 64.", "So 29 + 64 = \\boxed{29 + 64}",
+                                      "29 + 64 = 93", "\\boxed{93.}"), reference="93")
+    kept, rejected, _ = run_consistency([record])
+    assert [r.verdict for r in kept[0].responses] == ["wrong", "wrong", "verified", "verified"]
+    only_echoes = dataclasses.replace(record, responses=record.responses[:2])
+    kept, rejected, _ = run_consistency([only_echoes])
+    assert not kept and rejected[0].reject_reason == "no_right_answer"
+
+    assert check_answer("The answer is 29 + 64.", "93").correct == 0.0
+    assert check_answer("Liam gave away 3, so there are 8 - 3 shells left.", "5").correct == 0.0
+    assert check_answer("29 + 64 = 93 marbles", "93").correct == 1.0
+    assert check_answer("x = 4", "4").correct == 1.0 and check_answer("It is 7/2.", "3.5").correct == 1.0
+    # a reference that is itself an expression sets no such bar
+    assert check_answer("The answer is $\\sqrt{2}$.", "$\\sqrt{2}$").correct == 1.0
+    assert [is_plain_value(a) for a in ("1,200", "-4", "\\frac{1}{4}", "40%", "12 dollars", "2\\pi", "8 - 3")] == \
+        [True, True, True, True, True, False, False]

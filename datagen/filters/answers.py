@@ -100,6 +100,25 @@ def _strip_units(answer: str) -> str:
     return re.sub(r"^(-?[\d.,/]+)\s+[A-Za-z][A-Za-z\s]*$", r"\1", answer)
 
 
+_PLAIN_VALUE = re.compile(r"[-−]?(?:\d+(?:\.\d+)?(?:\s*/\s*\d+)?|\\[dt]?frac\{[-−]?\d+\}\{\d+\})\s*%?")
+
+
+def is_plain_value(answer: str) -> bool:
+    """A value as a final answer states it: an integer, a decimal or a fraction (a/b, \\frac{a}{b}), maybe
+    signed, with thousands separators, a percent sign, a unit or a variable ("x = 4") — not an expression
+    still to be worked out: "29 + 64" equals 93 but answers "What is 29 + 64?" by restating it."""
+    text = _clean_math(answer).replace("\\!", "").replace("\\,", "")
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(r"^[A-Za-z]\s*=\s*", "", text.strip())
+    return bool(_PLAIN_VALUE.fullmatch(_strip_units(text).strip()))
+
+
+def states_the_value(answer: str, reference: str) -> bool:
+    """False when the reference is a plain value and the answer is not one (an unevaluated expression that
+    merely equals it); True otherwise (a reference that is itself an expression sets no such bar)."""
+    return not is_plain_value(reference) or is_plain_value(answer)
+
+
 def math_differs(a: str, b: str) -> bool:
     """Proven different: both read as numbers that differ, or math-verify parses both and says unequal.
     Answers it cannot read are not proven anything (False)."""

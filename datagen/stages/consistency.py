@@ -40,7 +40,8 @@ from typing import Callable, NamedTuple
 
 import apache_beam as beam
 
-from datagen.filters.answers import extract_math_answer, extract_short_answer, math_differs, math_equivalent
+from datagen.filters.answers import (extract_math_answer, extract_short_answer, math_differs, math_equivalent,
+                                     states_the_value)
 from datagen.config_loader import option
 from datagen.filters.python_code import called_names, defined_names, extract_code
 from datagen.record import UNVERIFIED, VERIFIED, WRONG, Consistency, Record
@@ -154,7 +155,8 @@ class ConsistencyFn(RecordFn):
             if not answer.shown:
                 return UNVERIFIED
             if _same(same, answer.value, reference if method == "math" else extract_short_answer(reference)):
-                return VERIFIED
+                # "29 + 64" equals 93 but restates the question: only a stated value is right
+                return VERIFIED if method != "math" or states_the_value(answer.shown, reference) else WRONG
             if method == "math" and not math_differs(answer.shown, reference):
                 return UNVERIFIED  # neither equal nor provably different (e.g. unparseable)
             return WRONG
