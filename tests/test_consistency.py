@@ -290,3 +290,18 @@ def test_an_expression_that_restates_the_question_is_not_a_right_answer():
     assert check_answer("The answer is $\\sqrt{2}$.", "$\\sqrt{2}$").correct == 1.0
     assert [is_plain_value(a) for a in ("1,200", "-4", "\\frac{1}{4}", "40%", "12 dollars", "2\\pi", "8 - 3")] == \
         [True, True, True, True, True, False, False]
+
+
+def test_a_right_value_reached_by_false_working_is_not_verified():
+    from datagen.filters.answers import false_equations
+
+    lucky = "Femi lost 8, so 18 - 8 = 8, and 8 + 2 = 10. The answer is 10."
+    sound = "Femi had 18 and lost 8: 18 - 8 = 10. The answer is 10."
+    assert false_equations(lucky) == ["18 - 8 = 8"] and false_equations(sound) == []
+    # a longer expression on either side is not read as a one-step equation
+    assert false_equations("2 + 3 × 4 = 14, and 1,200 + 300 = 1,500; 7/2 = 3.5") == []
+    record = dataclasses.replace(item("s", "math", lucky, sound, "The answer is 11."), reference="10")
+    kept, _, _ = run_consistency([record])
+    assert [r.verdict for r in kept[0].responses] == ["unverified", "verified", "wrong"]
+    unchecked, _, _ = run_consistency([record], dataclasses.replace(CFG, check_working=False))
+    assert [r.verdict for r in unchecked[0].responses] == ["verified", "verified", "wrong"]

@@ -119,6 +119,28 @@ def states_the_value(answer: str, reference: str) -> bool:
     return not is_plain_value(reference) or is_plain_value(answer)
 
 
+# "a op b = c" with plain numbers, not part of a longer expression on either side ("2 + 3 × 4 = 14" is skipped)
+_EQUATION = re.compile(r"(?<![\d.\w/^)])(\d+(?:\.\d+)?)\s*([+\-−×*/÷])\s*(\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)"
+                       r"(?![\d.]|\s*[+\-−×*/÷^(]\s*\d)")
+_OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "−": lambda a, b: a - b, "×": lambda a, b: a * b,
+               "*": lambda a, b: a * b, "/": lambda a, b: a / b if b else None, "÷": lambda a, b: a / b if b else None}
+
+
+def false_equations(text: str) -> list[str]:
+    """The one-operation equations the working states wrongly ("18 - 9 = 17"): an answer whose final value is
+    right but whose working is not got there by luck, and teaches the wrong steps."""
+    from fractions import Fraction
+
+    wrong, text = [], re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    for found in _EQUATION.finditer(text):
+        if re.search(r"[+\-−×*/÷^(=]\s*$", text[:found.start()]):
+            continue  # the tail of a longer expression ("2 + 3 × 4 = 14")
+        a, op, b, c = found.groups()
+        if _OPERATIONS[op](Fraction(a), Fraction(b)) not in (None, Fraction(c)):
+            wrong.append(f"{a} {op} {b} = {c}")
+    return wrong
+
+
 def math_differs(a: str, b: str) -> bool:
     """Proven different: both read as numbers that differ, or math-verify parses both and says unequal.
     Answers it cannot read are not proven anything (False)."""

@@ -20,7 +20,9 @@ the DPO view's best `rejected`) or `unverified`; the item gets an `outcome`.
 
 - referenced items (a seed gave `reference`, the exact final answer): each answer is judged against
   the reference, not against the other samples: equal by math-verify is `verified` (right), proven
-  different `wrong`, unreadable `unverified`; method `reference`, agreement = share right, outcome
+  different `wrong`, unreadable `unverified`; an expression that equals the reference without stating
+  a value ("29 + 64") is `wrong`; a right value reached through a false step of working ("18 - 9 = 17",
+  `check_working`) is `unverified`; method `reference`, agreement = share right, outcome
   `verified` when at least one answer is right, else rejected `no_right_answer`. A given code item's
   tests are its reference: one passing answer verifies it.
 
@@ -41,7 +43,7 @@ from typing import Callable, NamedTuple
 import apache_beam as beam
 
 from datagen.filters.answers import (extract_math_answer, extract_short_answer, math_differs, math_equivalent,
-                                     states_the_value)
+                                     false_equations, states_the_value)
 from datagen.config_loader import option
 from datagen.filters.python_code import called_names, defined_names, extract_code
 from datagen.record import UNVERIFIED, VERIFIED, WRONG, Consistency, Record
@@ -62,6 +64,9 @@ class ConsistencyConfig:
     code_memory_mb: int = option(256, "address-space limit per program")
     code_output_kb: int = option(256, "largest file (stdout included) a program may write")
     network_namespace: bool = option(True, "also cut the network with `unshare --net` where the host allows")
+    check_working: bool = option(True, "a referenced math answer with the right final value but a false step "
+                                       "in its working (\"18 - 9 = 17\") is unverified, not right: no SFT row, "
+                                       "never a chosen answer (27 of the 658 math SFT rows of the 2026-12-07 loop)")
 
 
 class Answer(NamedTuple):
@@ -151,17 +156,20 @@ class ConsistencyFn(RecordFn):
         shown, reference = [a.shown for a in answers], record.reference.strip()
         same = math_equivalent if method == "math" else _equal
 
-        def verdict(answer: Answer) -> str:
+        def verdict(answer: Answer, text: str) -> str:
             if not answer.shown:
                 return UNVERIFIED
             if _same(same, answer.value, reference if method == "math" else extract_short_answer(reference)):
-                # "29 + 64" equals 93 but restates the question: only a stated value is right
-                return VERIFIED if method != "math" or states_the_value(answer.shown, reference) else WRONG
+                if method != "math":
+                    return VERIFIED
+                if not states_the_value(answer.shown, reference):
+                    return WRONG  # "29 + 64" equals 93 but restates the question: only a stated value is right
+                return UNVERIFIED if self.cfg.check_working and false_equations(text) else VERIFIED
             if method == "math" and not math_differs(answer.shown, reference):
                 return UNVERIFIED  # neither equal nor provably different (e.g. unparseable)
             return WRONG
 
-        verdicts = [verdict(a) for a in answers]
+        verdicts = [verdict(a, r.text) for a, r in zip(answers, record.responses)]
         right = verdicts.count(VERIFIED)
         record = self._decided(record, shown, verdicts, reference, right / len(answers), "reference",
                                VERIFIED if right else WRONG)
