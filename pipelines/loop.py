@@ -16,10 +16,13 @@ the run with one line. Progress: a line when a step starts and ends, and every 3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from datagen.config_loader import ConfigError, format_keys
 from datagen.inference.model_names import is_hub_id, known_aliases
@@ -62,7 +65,32 @@ def child_env(cfg: LoopConfig) -> dict[str, str]:
     return {}
 
 
+@contextlib.contextmanager
+def interrupted_by_signals():
+    """SIGTERM and SIGHUP end the loop as Ctrl-C does: the running step's command (in a session of its own)
+    gets its interrupt and is waited for, so its model servers stop with it. Without this a terminated
+    loop died alone and the step ran on (seen: `kill <loop>` during DPO left dpo.py and its engine running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with interrupted_by_signals():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     register_models()  # posttrain's aliases (tiny-hunyuan-moe, smollm2-moe) for `models:`
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="[loop %(asctime)s] %(message)s", datefmt="%H:%M:%S")
