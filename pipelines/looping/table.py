@@ -175,10 +175,15 @@ def by_level_table(rows: dict[str, dict]) -> list[str]:
 
 
 def chart(rows: dict[str, dict], path: Path) -> None:
-    """Math accuracy per policy and win rate vs the start, each with its interval."""
+    """Math accuracy per policy and win rate vs the start, each with its interval; a panel only for what
+    was measured (the CPU loop runs no judge task: an empty win-rate panel read as a missing result)."""
     names = list(rows)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 3), 3.6))
-    for ax, key, title in ((left, "math", "math accuracy (%)"), (right, "win_rate", "judge win rate vs start (%)")):
+    panels = [(key, title) for key, title in (("math", "math accuracy (%)"), ("win_rate", "judge win rate vs start (%)"))
+              if any((rows[n].get(key) or {}).get("value") is not None for n in names)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 0.8 * len(names) + 1.5) * len(panels), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
         vals = [rows[n].get(key) for n in names]
         xs = [i for i, v in enumerate(vals) if v and v.get("value") is not None]
         ys = [vals[i]["value"] * 100 for i in xs]
