@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+from fractions import Fraction
 
 
 # -- math --------------------------------------------------------------------------------------
@@ -103,12 +104,16 @@ def _strip_units(answer: str) -> str:
 _PLAIN_VALUE = re.compile(r"[-−]?(?:\d+(?:\.\d+)?(?:\s*/\s*\d+)?|\\[dt]?frac\{[-−]?\d+\}\{\d+\})\s*%?")
 
 
+def _without_thousands_separators(text: str) -> str:
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # "1,200" -> "1200"
+
+
 def is_plain_value(answer: str) -> bool:
     """A value as a final answer states it: an integer, a decimal or a fraction (a/b, \\frac{a}{b}), maybe
     signed, with thousands separators, a percent sign, a unit or a variable ("x = 4") — not an expression
     still to be worked out: "29 + 64" equals 93 but answers "What is 29 + 64?" by restating it."""
     text = _clean_math(answer).replace("\\!", "").replace("\\,", "")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = _without_thousands_separators(text)
     text = re.sub(r"^[A-Za-z]\s*=\s*", "", text.strip())
     return bool(_PLAIN_VALUE.fullmatch(_strip_units(text).strip()))
 
@@ -129,9 +134,7 @@ _OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "−": lambda a
 def false_equations(text: str) -> list[str]:
     """The one-operation equations the working states wrongly ("18 - 9 = 17"): an answer whose final value is
     right but whose working is not got there by luck, and teaches the wrong steps."""
-    from fractions import Fraction
-
-    wrong, text = [], re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    wrong, text = [], _without_thousands_separators(text)
     for found in _EQUATION.finditer(text):
         if re.search(r"[+\-−×*/÷^(=]\s*$", text[:found.start()]):
             continue  # the tail of a longer expression ("2 + 3 × 4 = 14")
