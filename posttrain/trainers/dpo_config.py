@@ -17,6 +17,7 @@ from posttrain.moe.recipe import MoEConfig
 from posttrain.online.online_config import OnlineConfig, change_nothing, changed_keys
 from posttrain.online.rm_refresh import RefreshConfig
 from posttrain.trainers.run_config import RunConfig
+from posttrain.trainers.trl_args import build_trl_args, trainer_owned
 from rewards.scoring import RewardConfig
 
 log = logging.getLogger("posttrain")
@@ -122,3 +123,17 @@ class DPORunConfig(RunConfig):
         if self.uses_online and self.reward.kind == "classifier" and not self.reward.model:
             raise ConfigError("reward.model is not set: give a reward model (train one with "
                               "`accelerate launch posttrain/rm.py`), or use reward.kind critique or math")
+
+
+def build_dpo_args(cfg: DPORunConfig, moe_model: bool) -> "DPOConfig":
+    from trl import DPOConfig
+
+    return build_trl_args(
+        DPOConfig, cfg,
+        loss_type=list(cfg.loss_type), loss_weights=list(cfg.loss_weights),
+        router_aux_loss_coef=cfg.moe.router_aux_loss_coef if moe_model else None,
+        save_steps=cfg.checkpoint_every,  # for resume; never the sampler's hand-off
+        ignore_data_skip=False,  # a resume skips the slots of the steps already trained
+        report_to=[] if cfg.report_to in ("none", "tensorboard") else [cfg.report_to],
+        **trainer_owned(cfg),
+    )

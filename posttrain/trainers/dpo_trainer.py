@@ -36,7 +36,7 @@ from datagen.config_loader import ConfigError, to_dict
 from posttrain.cards import write_model_card
 from posttrain.checkpoints import CommitCheckpoint, find_checkpoint
 from posttrain.data import DataReport
-from posttrain.trainers.dpo_config import DPORunConfig
+from posttrain.trainers.dpo_config import DPORunConfig, build_dpo_args
 from posttrain.online.round_callback import RoundDriver, checkpoint_step, policy_is_sharded, start_engine
 from posttrain.online.round_state import RoundStateCallback, make_reference, restore, round_plan, rows_per_step
 from posttrain.ema import EMACallback, refuse_ema_under_zero3
@@ -49,7 +49,6 @@ from posttrain.online.rounds import OnlineRounds
 from posttrain.pairs import load_preference_pairs
 from posttrain.moe.param_groups import MoETrainerMixin
 from posttrain.online.rm_refresh import RewardRefresher
-from posttrain.trainers.trl_args import build_trl_args, trainer_owned
 from rewards.scoring import build_scorer
 
 log = logging.getLogger("posttrain.dpo")
@@ -137,18 +136,6 @@ class MoEDPOTrainer(MoETrainerMixin, DPOTrainer):
 
 def collate_slots(examples: list[dict]) -> dict:
     return {"slot": torch.tensor([example["slot"] for example in examples])}
-
-
-def build_dpo_args(cfg: DPORunConfig, moe_model: bool) -> DPOConfig:
-    return build_trl_args(
-        DPOConfig, cfg,
-        loss_type=list(cfg.loss_type), loss_weights=list(cfg.loss_weights),
-        router_aux_loss_coef=cfg.moe.router_aux_loss_coef if moe_model else None,
-        save_steps=cfg.checkpoint_every,  # for resume; never the sampler's hand-off
-        ignore_data_skip=False,  # a resume skips the slots of the steps already trained
-        report_to=[] if cfg.report_to in ("none", "tensorboard") else [cfg.report_to],
-        **trainer_owned(cfg),
-    )
 
 
 def tensorboard_callback(cfg: DPORunConfig):

@@ -8,6 +8,7 @@ from datagen.config_loader import option
 from posttrain.ema import EMAConfig
 from posttrain.hub import HUB_FIXED
 from posttrain.trainers.run_config import RunConfig
+from posttrain.trainers.trl_args import build_trl_args, trainer_owned
 
 FIXED = {
     "eval_strategy": "every epoch when there is an eval split", "save_strategy": "every save_steps",
@@ -42,3 +43,16 @@ class RMRunConfig(RunConfig):
     ema: EMAConfig = option(factory=EMAConfig, help="EMA of the RM weights; exported by default")
     save_steps: int = option(200, "steps between checkpoints (model, optimizer, scheduler, RNG, EMA)")
     seed: int = option(42, "score-head init, data order")
+
+
+def build_training_args(cfg: RMRunConfig, has_eval: bool) -> "RewardConfig":
+    from trl import RewardConfig
+
+    return build_trl_args(
+        RewardConfig, cfg,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        center_rewards_coefficient=cfg.center_rewards_coefficient or None,
+        eval_strategy="epoch" if has_eval else "no",
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        **trainer_owned(cfg),
+    )

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from datasets import Dataset
-from trl import RewardConfig, RewardTrainer
+from trl import RewardTrainer
 
 from datagen.config_loader import to_dict
 from posttrain.cards import save_with_card
@@ -20,8 +20,7 @@ from posttrain.checkpoints import CommitCheckpoint, ExpertSafeResumeMixin, find_
 from posttrain.data import DataError, DataReport, hold_out
 from posttrain.ema import EMACallback, refuse_ema_under_zero3
 from posttrain.pairs import load_preference_pairs
-from posttrain.trainers.rm_config import RMRunConfig
-from posttrain.trainers.trl_args import build_trl_args, trainer_owned
+from posttrain.trainers.rm_config import RMRunConfig, build_training_args
 from rewards.reward_model import load_reward_model
 
 log = logging.getLogger("posttrain.rm")
@@ -49,17 +48,6 @@ def load_rm_data(cfg: RMRunConfig, tokenizer):
     train, evaluation = hold_out(rows, cfg.eval_fraction, cfg.seed)
     report.train_rows, report.eval_rows = len(train), len(evaluation) if evaluation is not None else 0
     return train, evaluation, report
-
-
-def build_training_args(cfg: RMRunConfig, has_eval: bool) -> RewardConfig:
-    return build_trl_args(
-        RewardConfig, cfg,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        center_rewards_coefficient=cfg.center_rewards_coefficient or None,
-        eval_strategy="epoch" if has_eval else "no",
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        **trainer_owned(cfg),
-    )
 
 
 def train(cfg: RMRunConfig) -> dict:

@@ -10,6 +10,7 @@ from posttrain.model_loading import ModelSpec
 from posttrain.moe.recipe import MoEConfig
 from posttrain.trainers.run_config import RunConfig
 from posttrain.trainers.sft_data import DataConfig
+from posttrain.trainers.trl_args import build_trl_args, trainer_owned
 
 # TRL fields the trainer sets itself, and why (a `trl_args` entry for one of them is an error).
 FIXED = {
@@ -59,3 +60,24 @@ class SFTRunConfig(RunConfig):
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         super().__post_init__()
+
+
+def build_training_args(cfg: SFTRunConfig, has_eval: bool) -> "SFTConfig":
+    """Built before the model loads: the process group, and ZeRO-3's init hook, then exist."""
+    from trl import SFTConfig
+
+    scheduler_kwargs = {}
+    if cfg.lr_scheduler_type == "cosine_with_min_lr":
+        # a rate, not an absolute LR: every parameter group decays by the same factor
+        scheduler_kwargs = {"min_lr_rate": cfg.min_learning_rate / cfg.learning_rate}
+    eval_every = cfg.eval_steps or None
+    return build_trl_args(
+        SFTConfig, cfg, defaults={"packing_strategy": "bfd"},
+        lr_scheduler_kwargs=scheduler_kwargs,
+        completion_only_loss=True,
+        router_aux_loss_coef=None,  # set once the model is known to be a MoE (build_trainer)
+        eval_strategy="steps" if has_eval and eval_every else "no",
+        eval_steps=eval_every,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        **trainer_owned(cfg),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from datagen.config_loader import to_dict
 from posttrain.cards import save_with_card
@@ -18,34 +18,14 @@ from posttrain.data import DataReport
 from posttrain.model_loading import load_policy, load_tokenizer
 from posttrain.moe.recipe import is_moe, prepare_moe_model
 from posttrain.moe.param_groups import MoETrainerMixin, build_param_groups, describe_param_groups
-from posttrain.trainers.sft_config import SFTRunConfig
+from posttrain.trainers.sft_config import SFTRunConfig, build_training_args
 from posttrain.trainers.sft_data import load_sft_splits
-from posttrain.trainers.trl_args import build_trl_args, trainer_owned
 
 log = logging.getLogger("posttrain.sft")
 
 
 class MoESFTTrainer(MoETrainerMixin, SFTTrainer):
     """SFTTrainer with MoE parameter groups, per-group LR logging and an expert-safe resume."""
-
-
-def build_training_args(cfg: SFTRunConfig, has_eval: bool) -> SFTConfig:
-    """Built before the model loads: the process group, and ZeRO-3's init hook, then exist."""
-    scheduler_kwargs = {}
-    if cfg.lr_scheduler_type == "cosine_with_min_lr":
-        # a rate, not an absolute LR: every parameter group decays by the same factor
-        scheduler_kwargs = {"min_lr_rate": cfg.min_learning_rate / cfg.learning_rate}
-    eval_every = cfg.eval_steps or None
-    return build_trl_args(
-        SFTConfig, cfg, defaults={"packing_strategy": "bfd"},
-        lr_scheduler_kwargs=scheduler_kwargs,
-        completion_only_loss=True,
-        router_aux_loss_coef=None,  # set once the model is known to be a MoE (build_trainer)
-        eval_strategy="steps" if has_eval and eval_every else "no",
-        eval_steps=eval_every,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        **trainer_owned(cfg),
-    )
 
 
 def build_trainer(cfg: SFTRunConfig, model=None, tokenizer=None, callbacks=None):
