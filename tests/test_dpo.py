@@ -140,6 +140,45 @@ def test_round_builds_pairs_from_the_best_and_worst_answers(tokenizer, monkeypat
     assert rounds.normalizer.count == 7
 
 
+def test_gold_is_logged_beside_a_proxy_and_never_picks_a_pair(tokenizer, monkeypatch):
+    """A proxy that prefers the longer answer, math-verify as the gold: the pairs are the proxy's, and
+    the log shows the gold of the samples, of the chosen and of the rejected."""
+    from rewards.math_verifier import MathVerifier
+
+    cfg = OnlineConfig(ratio=1.0, num_samples=3, prompts_per_round=2, margin=0.0, kl_samples=0, gold=True)
+    prompts = [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "reference": "5"},
+               {"prompt": [{"role": "user", "content": "What is 4 + 4?"}], "reference": "8"}]
+    canned = [["5", "I think the answer is 7.", "It is \\boxed{5}"],  # longest wrong, shortest right
+              ["8", "The sum is 8, since 4 + 4 = 8.", ""]]  # longest right; one empty answer (no gold)
+    runs = {}
+    for gold in (None, MathVerifier()):
+        rounds = OnlineRounds(cfg, None, None, tokenizer, LengthScorer(), [], prompts, seed=0, gold=gold)
+        monkeypatch.setattr(rounds, "sample", lambda prompts, seed: canned[:len(prompts)])
+        runs[gold is not None] = rounds.build(round_index=0, total=2)
+    without, data = runs[False], runs[True]
+    pair = lambda r: (r["chosen"][0]["content"], r["rejected"][0]["content"])  # noqa: E731
+    assert [pair(r) for r in data.rows] == [pair(r) for r in without.rows] == [
+        ("I think the answer is 7.", "5"), ("The sum is 8, since 4 + 4 = 8.", "8")]
+    assert not any(k.startswith("gold/") for k in without.stats)
+    stats = data.stats
+    assert stats["gold/scored"] == 5 and stats["gold/accuracy"] == pytest.approx(4 / 5)
+    assert stats["gold/chosen_accuracy"] == 0.5 and stats["gold/rejected_accuracy"] == 1.0
+    assert [r["gold"] for r in data.records][0] == [1.0, 0.0, 1.0]
+    assert data.records[0]["picked"] == [1, 0]
+    lengths = [len(a) for group in canned for a in group if a]
+    assert stats["online/answer_chars_mean"] == pytest.approx(sum(lengths) / len(lengths))
+    assert stats["online/skipped_share"] == 0.0
+
+
+def test_gold_beside_a_math_reward_is_a_warning():
+    from rewards.scoring import RewardConfig
+
+    cfg = DPORunConfig(reward=RewardConfig(kind="math"), online=OnlineConfig(gold=True))
+    assert any("online.gold changes nothing" in note for note in cfg.unused_keys())
+    proxy = DPORunConfig(reward=RewardConfig(kind="classifier", model="x"), online=OnlineConfig(gold=True))
+    assert not any("gold" in note for note in proxy.unused_keys())
+
+
 def test_llm_sampling_sends_n_and_seed_and_survives_failures():
     llm = FakeLLM(lambda req: ["a", "b", "c"] if "2" in req.messages[-1][1] else Completion(error="boom"))
     cfg = OnlineConfig(num_samples=3, max_new_tokens=7, temperature=0.9)

@@ -11,7 +11,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import yaml
 
+from datagen.config_loader import ConfigError
 from datagen.readers import eval_sets
 from pipelines import loop
 from pipelines.looping import math_train
@@ -157,6 +159,84 @@ def test_plan_fingerprints_follow_what_each_step_depends_on(tmp_path):
     variant = plan("--variants", "{tr-dpo: {sync_ref_model: true}}")
     assert {k: v for k, v in variant.items() if k in base} == base
     assert set(variant) - set(base) == {"dpo-tr-dpo", "eval-dpo-tr-dpo"}
+
+
+def test_a_reward_model_step_scores_the_dpo_steps_that_name_no_reward_model(tmp_path, monkeypatch):
+    from pipelines.looping.work import LoopPlan
+
+    variants = ("{proxy: {reward: {kind: classifier, model: ''}, raw_checkpoint: true}, "
+                "own: {reward: {kind: classifier, model: smollm2-135m}}}")
+
+    def plan(*overrides: str) -> LoopPlan:
+        cfg = load_loop_config(str(ROOT / "configs/loop/cpu.yaml"), [
+            "--output", str(tmp_path), "--rm.config", "configs/posttrain/rm_tiny.yaml", "--variants", variants,
+            *overrides])
+        return LoopPlan(cfg, cfg.model, {})
+
+    base = plan()
+    steps = {s.name: s for s in base.steps}
+    assert list(steps) == ["prompts", "synth", "sft", "rm", "dpo", "dpo-proxy", "dpo-own", "eval-sft", "eval-dpo",
+                           "eval-dpo-proxy", "eval-dpo-own", "eval-dpo-raw", "eval-dpo-proxy-raw"]
+    other = {s.name: s.fingerprint for s in plan("--rm.set.learning_rate", "1e-6").steps}
+    assert [k for k in steps if steps[k].fingerprint != other[k]] == ["rm", "dpo-proxy", "eval-dpo-proxy",
+                                                                      "eval-dpo-proxy-raw"]
+    ran = []
+    monkeypatch.setattr(base, "command", lambda argv, step: ran.append(argv))
+    for name in ("rm", "dpo-proxy", "dpo-own"):
+        steps[name].run(steps[name])
+    written = {name: yaml.safe_load((tmp_path / name / "loop-config.yaml").read_text()) for name in ("rm", "dpo-proxy",
+                                                                                                       "dpo-own")}
+    assert written["rm"]["dataset"] == str(tmp_path / "synth") and ran[0][1].endswith("posttrain/rm.py")
+    assert written["dpo-proxy"]["reward"]["model"] == str(tmp_path / "rm")
+    assert written["dpo-own"]["reward"]["model"] == "smollm2-135m"
+    assert "raw_checkpoint" not in written["dpo-proxy"]
+    with pytest.raises(ConfigError, match="raw_checkpoint: expected true or false"):
+        load_loop_config(None, ["--variants", "{x: {raw_checkpoint: 3}}"])
+
+
+def proxy_step(directory: Path, gold: list[float], proxy: list[float], **config) -> Path:
+    """A finished reward-model DPO step: its config and one stats line per round."""
+    directory.mkdir(parents=True)
+    (directory / "loop-config.yaml").write_text(yaml.safe_dump({"model": {"name": "sft"}, **config}))
+    (directory / "dpo_summary.json").write_text("{}")
+    (directory / "rounds").mkdir()
+    for k, (g, r) in enumerate(zip(gold, proxy)):
+        stats = {"kind": "stats", "online/round": k, "reward/mean": r, "gold/accuracy": g,
+                 "online/kl_to_reference": 0.01 * k, "online/answer_chars_mean": 100 + 10 * k}
+        (directory / "rounds" / f"round-{k:03d}.jsonl").write_text(json.dumps(stats) + "\n")
+    return directory
+
+
+def test_the_table_puts_the_proxy_against_gold_for_every_reward_model_dpo(tmp_path):
+    rising = [0.2, 0.4, 0.6, 0.3, 0.3, 0.3]  # 3-round means .2 .3 .4 .433 .4 .3: peak − last = 13.3 pts
+    no_ema = proxy_step(tmp_path / "dpo-proxy", rising, [0.1, 0.5, 0.9, 1.3, 1.7, 2.1],
+                        ema={"enabled": True, "export": True}, online={"margin": 0.0})
+    (no_ema / "checkpoint-12").mkdir()
+    tr = proxy_step(tmp_path / "dpo-tr", [0.2] * 6, [0.1] * 6, ema={"enabled": False}, online={"margin": 0.0},
+                    sync_ref_model=True)
+    math_dpo = training_step(tmp_path / "dpo", "sft", offline=10)  # a math-reward DPO: no gold logged, not in the section
+    start = [0.0] * 40
+    evals = {"dpo": fake_eval(tmp_path / "eval-dpo", [1.0] * 10 + [0.0] * 30, start, 0.5, policy_dir=math_dpo),
+             "dpo-proxy": fake_eval(tmp_path / "eval-dpo-proxy", [1.0] * 14 + [0.0] * 26, start, 0.5, policy_dir=no_ema),
+             "dpo-proxy-raw": fake_eval(tmp_path / "eval-dpo-proxy-raw", [1.0] * 12 + [0.0] * 28, start, 0.5,
+                                        policy_dir=no_ema / "checkpoint-12"),
+             "dpo-tr": fake_eval(tmp_path / "eval-dpo-tr", [1.0] * 8 + [0.0] * 32, start, 0.5, policy_dir=tr)}
+    write_table(tmp_path, evals, [], "python -m pipelines.loop")
+    section = json.loads((tmp_path / "results.json").read_text())["proxy_vs_gold"]
+    assert section["baseline"] == "dpo-proxy-raw"  # the raw weights of the export run ran no EMA
+    rows = section["rows"]
+    assert set(rows) == {"dpo-proxy", "dpo-proxy-raw", "dpo-tr"}
+    assert rows["dpo-proxy"]["emas"] == ["weight EMA export"] and rows["dpo-tr"]["emas"] == ["TR-DPO reference"]
+    assert rows["dpo-proxy"]["gold_peak_to_final"] == pytest.approx((0.4 + 0.6 + 0.3) / 3 - 0.3)
+    assert rows["dpo-tr"]["gold_peak_to_final"] == pytest.approx(0.0)
+    assert rows["dpo-proxy"]["math_vs_baseline"]["value"] == pytest.approx(0.05)  # 14 vs 12 of 40
+    assert rows["dpo-tr"]["math_vs_baseline"]["value"] == pytest.approx(-0.1)
+    assert "math_vs_baseline" not in rows["dpo-proxy-raw"]
+    assert (rows["dpo-proxy"]["kl_last"], rows["dpo-proxy"]["chars_last"]) == (pytest.approx(0.05), 150)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Proxy reward against gold" in text and "| dpo-tr | TR-DPO reference |" in text
+    assert "| 13.3 pts |" in text
+    assert (tmp_path / "charts" / "proxy_vs_gold.png").stat().st_size > 5000
 
 
 # ---------------------------------------------------------------------------------------------- prompts

@@ -59,6 +59,9 @@ class EvalSection:
     set: dict[str, Any] = option({}, "dotted keys to change in the eval config")
 
 
+RAW_KEY = "raw_checkpoint"  # in a variant: a loop key, not a DPO key
+
+
 @dataclass
 class LoopConfig:
     """`python -m pipelines.loop`: synth → prompts → SFT → DPO (+ variants) → eval → table."""
@@ -71,14 +74,21 @@ class LoopConfig:
     prompts: PromptsSection = option(factory=PromptsSection, help="verifiable prompts for the online rounds")
     sft: TrainSection = option(TrainSection(config="configs/posttrain/sft_tiny.yaml"), "the SFT step")
     dpo: TrainSection = option(TrainSection(config="configs/posttrain/dpo_tiny.yaml"), "the DPO step")
+    rm: TrainSection = option(TrainSection(), "a reward model (posttrain/rm.py) trained on the synth step's pairs; "
+                                              "when its config is set, every DPO step with reward.kind classifier "
+                                              "and no reward.model scores its online samples with it")
     variants: dict[str, dict[str, Any]] = option({}, "name → DPO keys to change; each variant trains its own "
-                                                     "DPO from the same SFT model and is evaluated beside it")
+                                                     "DPO from the same SFT model and is evaluated beside it "
+                                                     f"(`{RAW_KEY}: true` in a variant also evaluates its last raw "
+                                                     "weights, as `dpo-NAME-raw`)")
     eval: EvalSection = option(factory=EvalSection, help="evaluation of start, SFT and DPO policies")
 
     def __post_init__(self) -> None:
         for name in self.variants:
             if not name.replace("-", "").replace("_", "").isalnum():
                 raise ConfigError(f"variants: name {name!r} must be letters, digits, - or _ (it names a directory)")
+            if not isinstance(self.variants[name].get(RAW_KEY, False), bool):
+                raise ConfigError(f"variants.{name}.{RAW_KEY}: expected true or false")
         if self.prompts.count < 1:
             raise ConfigError(f"prompts.count: expected at least 1, got {self.prompts.count}")
         if self.prompts.referenced < 0:

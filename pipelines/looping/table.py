@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipelines.evaluation import stats  # noqa: E402
+from pipelines.looping import proxy_gold  # noqa: E402
 from pipelines.looping.steps import Step, format_seconds  # noqa: E402
 
 NA = "—"
@@ -306,18 +307,33 @@ def dose_chart(points: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def proxy_gold_section(rows: dict[str, dict], evals: dict[str, Path], bootstrap: int = 2000) -> dict:
+    """The reward-model DPO steps that logged gold (pipelines/looping/proxy_gold.py), with each policy's
+    paired held-out math difference against the one that ran no EMA."""
+    policies = proxy_gold.collect(evals, rows, policy_directory, _step_config)
+    outcomes = {name: math_outcomes(load_eval(evals[name])[1]) for name in policies
+                if (evals[name] / "items.jsonl").is_file()}
+    summary = proxy_gold.summarize(policies, outcomes, lambda a, b: compare(a, b, bootstrap))
+    return {**summary, "policies": policies}
+
+
 def write_table(out: Path, evals: dict[str, Path], steps: list[Step], command: str) -> dict:
     rows = policy_rows(evals)
     if not rows:
         return {"policies": 0}
     math_n = next((r["math"]["n"] for r in rows.values() if r.get("math")), "?")
     points = dose_response(rows, evals)
+    overopt = proxy_gold_section(rows, evals)
     text = markdown(rows, steps, command, {"math_n": math_n, "dose_response": points})
+    text = text.rstrip("\n") + "\n" + "\n".join(proxy_gold.markdown(overopt, pct)) + "\n" if overopt["rows"] else text
     (out / "results.md").write_text(text, encoding="utf-8")
     timing = {s.name: {"seconds": s.seconds, "load": s.load, "skipped": s.skipped} for s in steps if not s.always}
-    (out / "results.json").write_text(json.dumps({"policies": rows, "dose_response": points, "steps": timing,
-                                                  "command": command}, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"policies": rows, "dose_response": points, "proxy_vs_gold": overopt,
+                                                  "steps": timing, "command": command}, indent=2, default=str) + "\n",
+                                      encoding="utf-8")
     chart(rows, out / "charts" / "policies.png")
     if points:
         dose_chart(points, out / "charts" / "dose_response.png")
+    if overopt["rows"]:
+        proxy_gold.chart(overopt["policies"], out / "charts" / "proxy_vs_gold.png")
     return {"policies": len(rows), "results": str(out / "results.md")}

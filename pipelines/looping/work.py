@@ -7,6 +7,9 @@
     sft      posttrain/sft.py                   → DIR/sft     (from the start model, on DIR/synth)
     dpo      posttrain/dpo.py                   → DIR/dpo     (from DIR/sft; offline pairs DIR/synth,
                                                                online prompts DIR/prompts)
+    rm       posttrain/rm.py (when rm.config)   → DIR/rm      (a reward model on DIR/synth's pairs: the reward
+                                                               of every DPO step with reward.kind classifier
+                                                               and no reward.model)
     dpo-V    one per variant                    → DIR/dpo-V
     eval-P   python -m pipelines.eval, P vs the start, for every trained policy → DIR/eval-P
     table    results.md, results.json, charts/  (always rebuilt from the evals)
@@ -27,7 +30,7 @@ from datagen.readers import eval_sets
 from datagen.config_loader import ConfigError, from_dict
 from pipelines.looping import math_train
 from pipelines.looping.commands import run_logged
-from pipelines.looping.loop_config import LoopConfig, step_config
+from pipelines.looping.loop_config import RAW_KEY, LoopConfig, step_config
 from pipelines.looping.steps import LoopError, Step, fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,13 +73,19 @@ class LoopPlan:
         prompts = self.prompts_step()
         synth = self.synth_step(prompts)
         sft = self.sft_step(synth)
-        dpos = [self.dpo_step("dpo", {}, sft, synth, prompts)]
-        dpos += [self.dpo_step(f"dpo-{name}", changes, sft, synth, prompts) for name, changes in cfg.variants.items()]
+        rm = self.rm_step(synth) if cfg.rm.config else None
+        dpos = [(self.dpo_step("dpo", {}, sft, synth, prompts, rm), cfg.dpo.raw_checkpoint)]
+        for name, changes in cfg.variants.items():
+            changes = {k: v for k, v in changes.items() if k != RAW_KEY}
+            dpos.append((self.dpo_step(f"dpo-{name}", changes, sft, synth, prompts, rm),
+                         cfg.variants[name].get(RAW_KEY, False)))
         self.eval_step(Policy("sft", "sft", lambda: str(sft.directory)), sft)
-        for dpo in dpos:
+        for dpo, _ in dpos:
             self.eval_step(Policy(dpo.name, dpo.name, lambda d=dpo: str(d.directory)), dpo)
-        if cfg.dpo.raw_checkpoint:
-            self.eval_step(Policy("dpo-raw", "dpo", lambda d=dpos[0]: str(last_checkpoint(d.directory))), dpos[0])
+        for dpo, raw in dpos:
+            if raw:
+                self.eval_step(Policy(f"{dpo.name}-raw", dpo.name, lambda d=dpo: str(last_checkpoint(d.directory))),
+                               dpo)
 
     def add(self, name: str, parts: tuple, run: Callable[[Step], dict]) -> Step:
         step = Step(name, self.out / name, fingerprint(name, *parts), run)
@@ -178,13 +187,33 @@ class LoopPlan:
 
         return self.add("sft", (data, synth.fingerprint), run)
 
-    def dpo_step(self, name: str, changes: dict, sft: Step, synth: Step, prompts: Step) -> Step:
+    def rm_step(self, synth: Step) -> Step:
+        from posttrain.trainers.rm_config import RMRunConfig
+
+        section = self.cfg.rm
+        data = step_config(section.config, {"output_dir": str(self.out / "rm"), "dataset": str(synth.directory),
+                                            "model": self.start, **section.set})
+        check(RMRunConfig, data, "rm")
+
+        def run(step: Step) -> dict:
+            path = write_config(step, data)
+            self.command(self.trainer(section.launcher, "rm.py") + ["--config", str(path)], step)
+            return rm_summary(step.directory)
+
+        return self.add("rm", (data, synth.fingerprint), run)
+
+    def dpo_step(self, name: str, changes: dict, sft: Step, synth: Step, prompts: Step, rm: Step | None) -> Step:
         from posttrain.trainers.dpo_config import DPORunConfig
 
         section = self.cfg.dpo
         data = step_config(section.config, {
             "output_dir": str(self.out / name), "model.name": str(sft.directory), "dataset": str(synth.directory),
             "online.prompts": str(prompts.directory / "math_train.jsonl"), **section.set, **changes})
+        upstream = (sft.fingerprint, synth.fingerprint, prompts.fingerprint)
+        reward = data.get("reward") or {}
+        if rm is not None and reward.get("kind", "classifier") == "classifier" and not reward.get("model"):
+            data.setdefault("reward", {})["model"] = str(rm.directory)  # the loop's own reward model
+            upstream += (rm.fingerprint,)
         check(DPORunConfig, data, name)
 
         def run(step: Step) -> dict:
@@ -192,7 +221,7 @@ class LoopPlan:
             self.command(self.trainer(section.launcher, "dpo.py") + ["--config", str(path)], step)
             return dpo_summary(step.directory)
 
-        return self.add(name, (data, sft.fingerprint, synth.fingerprint, prompts.fingerprint), run)
+        return self.add(name, (data, *upstream), run)
 
     def trainer(self, launcher: list[str], script: str) -> list[str]:
         return (list(launcher) or [sys.executable]) + [str(ROOT / "posttrain" / script)]
@@ -261,6 +290,16 @@ def read_summary(state_file: Path, directory: Path) -> dict:
     losses = [h["loss"] for h in history if "loss" in h]
     return {"steps": read_json(state_file).get("global_step"), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "model": str(directory)}
+
+
+def rm_summary(directory: Path) -> dict:
+    """Steps, losses and the held-out pair accuracy of the reward model."""
+    states = sorted(directory.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
+    summary = read_summary(states[-1] if states else directory / "trainer_state.json", directory)
+    evals = [h for h in read_json(states[-1]).get("log_history", []) if "eval_accuracy" in h] if states else []
+    if evals:
+        summary["eval_accuracy"] = evals[-1]["eval_accuracy"]
+    return summary
 
 
 def dpo_summary(directory: Path) -> dict:

@@ -108,6 +108,9 @@ class OnlineConfig:
                 "code is tested over gloo on CPU, the NCCL wire only on GPUs), auto = nccl when CUDA is there")
     generation_batch_size: int = option(8, "prompts per generate() call (transformers backend)")
     kl_samples: int = option(8, "sampled answers used to estimate KL(policy ‖ reference) per round; 0 = off")
+    gold: bool = option(False, "also score every sample with math-verify against its prompt's reference, logged "
+                               "only (gold/accuracy per round), never trained on: with a reward model as the "
+                               "reward, the gap between the two shows the proxy being over-optimised")
 
     def __post_init__(self) -> None:
         self.vllm = EngineConfig.of(self.vllm)  # a ModelConfig given in code is checked as the YAML's would be

@@ -17,7 +17,9 @@ Each round, before a phase of DPO training (see posttrain/trainers/dpo_trainer.p
    with offline ones and logged (`mix/online_shortfall`), so every round trains its full steps.
 
 Stats per round (logged and written to `rounds/round-NNN.jsonl`) include the raw and normalised
-reward statistics, chosen/rejected reward means and margins, skip counts and a Monte-Carlo
+reward statistics, chosen/rejected reward means and margins, skip counts and share, the mean answer
+length in characters, with `online.gold` the gold verifier's accuracy of the samples, of the chosen
+and of the rejected answers (logged, never trained on), and a Monte-Carlo
 estimate of KL(policy ‖ reference) on the sampled answers (skipped, and logged once, when the
 policy is sharded: its forward would need every rank).
 """
@@ -30,7 +32,7 @@ from posttrain.online.online_config import OnlineConfig
 from posttrain.online.kl import estimate_kl
 from posttrain.online.mixing import Cursor, mix_pairs, online_share
 from posttrain.online.sampling import Messages, sample_with_llm, sample_with_transformers
-from posttrain.online.selection import Selection, reward_stats, score_answers, select_pairs
+from posttrain.online.selection import Selection, gold_stats, reward_stats, score_answers, select_pairs
 from rewards.normalize import RewardNormalizer
 
 
@@ -46,11 +48,12 @@ class OnlineRounds:
     """Builds each round's training rows; holds what must survive a resume (see `state_dict`)."""
 
     def __init__(self, cfg: OnlineConfig, policy, reference, tokenizer, scorer, offline_pairs: list[dict],
-                 prompt_items: list[dict], seed: int, refresher=None) -> None:
+                 prompt_items: list[dict], seed: int, refresher=None, gold=None) -> None:
         self.cfg = cfg
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer = scorer
         self.refresher = refresher  # posttrain.online.rm_refresh.RewardRefresher, when the RM is refreshed between rounds
+        self.gold = gold  # a verifier logged beside the reward (online.gold), never trained on
         self.seed = seed
         self.engine = None  # posttrain.online.engine.PolicyEngine, for backend: vllm (set by the trainer)
         self.kl_enabled = True  # off when the policy is sharded (a forward on one rank would hang)
@@ -101,6 +104,10 @@ class OnlineRounds:
         self.skipped_total.update(selection.skipped)
         stats.update(reward_stats(raw, selection, self.normalizer))
         seconds["selection"] = clock() - start
+        if self.gold is not None:
+            start = clock()
+            stats.update(gold_stats(score_answers(self.gold, prompts, references, answers), selection))
+            seconds["gold"] = clock() - start
         start = clock()
         stats.update(self.kl_stats(prompts, answers))
         seconds["kl"] = clock() - start

@@ -71,8 +71,11 @@ def select_pairs(prompts: Sequence[Messages], references: Sequence[str], answers
             result.skipped[outcome] += 1
         else:
             result.pairs.append(pair)
-        result.records.append({"prompt": list(prompt), "reference": reference, "answers": list(texts),
-                               "scores": list(raws), "outcome": outcome})
+        record = {"prompt": list(prompt), "reference": reference, "answers": list(texts), "scores": list(raws),
+                  "outcome": outcome}
+        if pair is not None:
+            record["picked"] = [best, worst]  # indices of chosen and rejected in `answers`
+        result.records.append(record)
     return result
 
 
@@ -89,6 +92,12 @@ def reward_stats(raw: Sequence[Sequence[float]], selection: Selection, normalize
         "reward/running_std": normalizer.std,
     }
     stats.update({f"online/skipped_{reason}": float(n) for reason, n in selection.skipped.items()})
+    prompts = len(selection.pairs) + sum(selection.skipped.values())
+    if prompts:
+        stats["online/skipped_share"] = sum(selection.skipped.values()) / prompts
+    lengths = [len(a) for r in selection.records for a in r["answers"] if a.strip()]
+    if lengths:
+        stats["online/answer_chars_mean"] = sum(lengths) / len(lengths)
     if finite:
         mean = sum(finite) / len(finite)
         stats.update({"reward/mean": mean, "reward/min": min(finite), "reward/max": max(finite),
@@ -101,4 +110,21 @@ def reward_stats(raw: Sequence[Sequence[float]], selection: Selection, normalize
             "reward/margin_mean": sum(p["score_chosen"] - p["score_rejected"] for p in selection.pairs) / n,
             "reward/normalized_margin_mean": sum(p["margin"] for p in selection.pairs) / n,
         })
+    return stats
+
+
+def gold_stats(gold: Sequence[Sequence[float]], selection: Selection) -> dict[str, float]:
+    """The gold verifier's view of one round (logged only): the share of samples it finds right, and of
+    the chosen and the rejected answers; each record gets its samples' gold scores."""
+    for record, scores in zip(selection.records, gold):
+        record["gold"] = list(scores)
+    finite = [s for group in gold for s in group if math.isfinite(s)]
+    stats: dict[str, float] = {"gold/scored": float(len(finite))}
+    if finite:
+        stats["gold/accuracy"] = sum(finite) / len(finite)
+    for side, k in (("chosen", 0), ("rejected", 1)):
+        values = [r["gold"][r["picked"][k]] for r in selection.records if "picked" in r]
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            stats[f"gold/{side}_accuracy"] = sum(values) / len(values)
     return stats

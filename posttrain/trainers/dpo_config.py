@@ -104,7 +104,10 @@ class DPORunConfig(RunConfig):
                      [f"rm_refresh.{k}" for k in changed_keys(self.rm_refresh)]
             if unused:
                 notes.append(change_nothing(unused) + " while the online rounds are off")
-        elif not self.rm_refresh.enabled:
+        elif self.online.gold and self.reward.kind == "math":
+            notes.append("online.gold changes nothing with reward.kind math: the reward is the gold verifier "
+                         "(gold/accuracy is reward/mean)")
+        if self.uses_online and not self.rm_refresh.enabled:
             unused = changed_keys(self.rm_refresh, [k for k in RefreshConfig.__dataclass_fields__ if k != "enabled"])
             if unused:
                 notes.append(change_nothing([f"rm_refresh.{k}" for k in unused]) + " while rm_refresh.enabled is false")

@@ -185,7 +185,12 @@ def prepare_run(cfg: DPORunConfig, policy=None, tokenizer=None, scorer=None) -> 
             refresh_pairs, _ = load_preference_pairs(cfg.rm_refresh.dataset, cfg.view, cfg.split, tokenizer,
                                                      cfg.max_prompt_length)
         refresher = RewardRefresher(scorer, refresh_pairs, cfg.rm_refresh)
-    rounds = OnlineRounds(cfg.online, policy, reference, tokenizer, scorer, pairs, prompts, cfg.seed, refresher)
+    gold = None
+    if cfg.uses_online and cfg.online.gold:
+        from rewards.math_verifier import MathVerifier
+
+        gold = MathVerifier()
+    rounds = OnlineRounds(cfg.online, policy, reference, tokenizer, scorer, pairs, prompts, cfg.seed, refresher, gold)
     return DPORun(policy, reference, tokenizer, rounds, report, prompt_report)
 
 
