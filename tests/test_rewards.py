@@ -209,6 +209,8 @@ def test_train_rm_exports_the_ema_reward_model(tmp_path):
     assert code == 0
     report = json.loads((out / "data_report.json").read_text())
     assert report["skipped"] == {"empty_field:chosen": 1} and report["train_rows"] == 6
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])
     from safetensors.torch import load_file
 
     exported = load_file(out / "model.safetensors")["score.weight"]

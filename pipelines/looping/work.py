@@ -293,12 +293,11 @@ def read_summary(state_file: Path, directory: Path) -> dict:
 
 
 def rm_summary(directory: Path) -> dict:
-    """Steps, losses and the held-out pair accuracy of the reward model."""
+    """Steps, losses and the held-out pair accuracy of the reward model (its metrics.json)."""
     states = sorted(directory.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
     summary = read_summary(states[-1] if states else directory / "trainer_state.json", directory)
-    evals = [h for h in read_json(states[-1]).get("log_history", []) if "eval_accuracy" in h] if states else []
-    if evals:
-        summary["eval_accuracy"] = evals[-1]["eval_accuracy"]
+    metrics = read_json(directory / "metrics.json")
+    summary.update({k: metrics[k] for k in ("eval_accuracy", "eval_loss") if k in metrics})
     return summary
 
 

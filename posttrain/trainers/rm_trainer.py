@@ -8,6 +8,7 @@ classifier` then loads). Bad rows and pairs longer than `max_length` are skipped
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -78,7 +79,12 @@ def train(cfg: RMRunConfig) -> dict:
 
 
 def save_final(trainer, cfg: RMRunConfig, report: DataReport, metrics: dict) -> None:
+    """The model, its card, and `metrics.json` (the final metrics, held-out pair accuracy included)."""
     weights = "the EMA of its weights" if cfg.ema.enabled and cfg.ema.export else "its last weights"
+    if trainer.accelerator.is_main_process:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n",
+                                                            encoding="utf-8")
     if save_with_card(trainer, cfg.output_dir, report, method="Reward model", base_model=cfg.model,
                       dataset=cfg.dataset, recipe=to_dict(cfg),
                       metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
