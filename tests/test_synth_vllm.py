@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -139,11 +141,20 @@ def test_sigkilled_run_resumes_from_the_cache(tmp_path, no_vllm_left_behind):
 
 
 def test_multi_process_workers_each_get_a_server_and_all_stop(tmp_path, no_vllm_left_behind):
-    out, logs = tmp_path / "out", tmp_path / "tmp"
-    logs.mkdir()
-    proc = run_cli(["--output", str(out), "--no_cache", *SMALL, *few_pairs(tmp_path), "--direct_num_workers=2",
-                    "--direct_running_mode=multi_processing"], env_extra={"TMPDIR": str(logs)})
-    log = proc.communicate(timeout=1800)[0]
+    out = tmp_path / "out"
+    # the servers' logs land in TMPDIR, and so do vLLM's zmq sockets, whose path must stay under 108
+    # bytes: a directory of its own under /tmp, not under pytest's (deeper under xdist) tmp_path
+    logs = Path(tempfile.mkdtemp(prefix="synthpost-workers-"))
+    try:
+        proc = run_cli(["--output", str(out), "--no_cache", *SMALL, *few_pairs(tmp_path), "--direct_num_workers=2",
+                        "--direct_running_mode=multi_processing"], env_extra={"TMPDIR": str(logs)})
+        log = proc.communicate(timeout=1800)[0]
+        check_worker_servers(out, logs, proc, log)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def check_worker_servers(out: Path, logs: Path, proc: subprocess.Popen, log: str) -> None:
     assert proc.returncode == 0, log[-3000:]
     assert_accounted(out)
     # one server per worker process that ran a model stage, each on its own port, each used
