@@ -202,6 +202,7 @@ def proxy_step(directory: Path, gold: list[float], proxy: list[float], **config)
     (directory / "rounds").mkdir()
     for k, (g, r) in enumerate(zip(gold, proxy)):
         stats = {"kind": "stats", "online/round": k, "reward/mean": r, "gold/accuracy": g,
+                 "gold/chosen_accuracy": 0.9 - 0.1 * k, "gold/rejected_accuracy": 0.2,
                  "online/kl_to_reference": 0.01 * k, "online/answer_chars_mean": 100 + 10 * k}
         (directory / "rounds" / f"round-{k:03d}.jsonl").write_text(json.dumps(stats) + "\n")
     return directory
@@ -232,10 +233,14 @@ def test_the_table_puts_the_proxy_against_gold_for_every_reward_model_dpo(tmp_pa
     assert rows["dpo-proxy"]["math_vs_baseline"]["value"] == pytest.approx(0.05)  # 14 vs 12 of 40
     assert rows["dpo-tr"]["math_vs_baseline"]["value"] == pytest.approx(-0.1)
     assert "math_vs_baseline" not in rows["dpo-proxy-raw"]
-    assert (rows["dpo-proxy"]["kl_last"], rows["dpo-proxy"]["chars_last"]) == (pytest.approx(0.05), 150)
+    proxy = rows["dpo-proxy"]  # first and last: means over 3 rounds
+    assert (proxy["gold_first"], proxy["gold_last"]) == (pytest.approx(0.4), pytest.approx(0.3))
+    assert (proxy["proxy_first"], proxy["proxy_last"]) == (pytest.approx(0.5), pytest.approx(1.7))
+    assert (proxy["edge_first"], proxy["edge_last"]) == (pytest.approx(0.6), pytest.approx(0.3))
+    assert (proxy["kl_last"], proxy["chars_first"], proxy["chars_last"]) == (pytest.approx(0.04), 110, 140)
     text = (tmp_path / "results.md").read_text()
     assert "## Proxy reward against gold" in text and "| dpo-tr | TR-DPO reference |" in text
-    assert "| 13.3 pts |" in text
+    assert "| 40% → 30% | 13.3 pts | +60 → +30 pts |" in text
     assert (tmp_path / "charts" / "proxy_vs_gold.png").stat().st_size > 5000
 
 

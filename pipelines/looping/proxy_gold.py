@@ -6,13 +6,17 @@ by math-verify against each prompt's reference (the gold, never trained on) writ
 the first line of `rounds/round-NNN.jsonl`. Over-optimisation is the proxy still rising while gold
 stops rising or falls. Per policy this gives:
 
-- curves: proxy reward (mean of the samples) and gold accuracy of the samples, against round
-  (`charts/proxy_vs_gold.png`, one line per DPO step);
+- curves against round (`charts/proxy_vs_gold.png`, one line per DPO step): proxy reward (mean of the
+  samples), gold accuracy of the samples, the pairs' gold edge (gold accuracy of the chosen answers
+  minus that of the rejected: how often the proxy still picks the right answer over a wrong one) and
+  the mean answer length. All variants sample the same prompts in the same order (same seed), so
+  their curves are paired round by round; the level of gold moves with each round's prompts;
 - the EMAs it ran with, read from its step's `loop-config.yaml` (policy-weight EMA export, TR-DPO's
   moving reference, the normalised reward margin, the reward-model EMA refresh);
 - its held-out math accuracy, with the paired difference against the policy that ran none of them;
-- the drop of gold from its peak to its last round (each point a 3-round moving mean: one round is
-  ~80 samples, ±10 pts), the last round's KL to the reference and mean answer length.
+- first and last figures as means over the first and the last 3 rounds (one round is ~80 samples,
+  ±10 pts; the KL estimate uses 8 of them and can come out below 0), and the drop of gold from the
+  peak of its 3-round moving mean to its end.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ def curves(directory: Path) -> dict[str, list[float]] | None:
         return [float(s.get(key, math.nan)) for s in stats]
     return {"round": column("online/round"), "proxy": column("reward/mean"), "proxy_chosen": column("reward/chosen_mean"),
             "gold": column("gold/accuracy"), "gold_chosen": column("gold/chosen_accuracy"),
+            "gold_rejected": column("gold/rejected_accuracy"),
             "kl": column("online/kl_to_reference"), "chars": column("online/answer_chars_mean"),
             "skipped_share": column("online/skipped_share")}
 
@@ -70,8 +75,19 @@ def peak_to_final(values: list[float]) -> float:
     return max(smooth) - smooth[-1] if smooth else math.nan
 
 
-def last_finite(values: list[float]) -> float:
-    return next((v for v in reversed(values) if math.isfinite(v)), math.nan)
+def mean_of(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def ends(values: list[float], width: int = SMOOTH) -> tuple[float, float]:
+    """Means over the first and the last `width` rounds."""
+    return mean_of(values[:width]), mean_of(values[-width:])
+
+
+def edge(curve: dict[str, list[float]]) -> list[float]:
+    """Per round: gold accuracy of the chosen answers minus that of the rejected."""
+    return [c - r for c, r in zip(curve["gold_chosen"], curve["gold_rejected"])]
 
 
 def emas_of(step_config: dict, raw: bool) -> list[str]:
@@ -96,10 +112,10 @@ def summarize(policies: dict[str, dict], outcomes: dict[str, dict[str, float]], 
     for name, p in policies.items():
         c = p["curves"]
         row = {"emas": p["emas"], "step": p["step"], "rounds": len(c["round"]), "math": p.get("math"),
-               "gold_first": c["gold"][0] if c["gold"] else math.nan,
-               "gold_peak_to_final": peak_to_final(c["gold"]), "proxy_first": c["proxy"][0] if c["proxy"] else math.nan,
-               "proxy_last": last_finite(c["proxy"]), "gold_last": last_finite(moving_mean(c["gold"])),
-               "kl_last": last_finite(c["kl"]), "chars_last": last_finite(c["chars"])}
+               "gold_peak_to_final": peak_to_final(c["gold"])}
+        for key, values in (("proxy", c["proxy"]), ("gold", c["gold"]), ("edge", edge(c)), ("kl", c["kl"]),
+                            ("chars", c["chars"])):
+            row[f"{key}_first"], row[f"{key}_last"] = ends(values)
         if baseline and name != baseline and name in outcomes and baseline in outcomes:
             found = compare(outcomes[name], outcomes[baseline])
             if found:
@@ -110,21 +126,27 @@ def summarize(policies: dict[str, dict], outcomes: dict[str, dict[str, float]], 
 
 def chart(policies: dict[str, dict], path: Path) -> None:
     """Proxy reward and gold accuracy of the samples against round, one line per DPO step."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    (proxy, gold), (gap, length) = axes
     drawn = set()
     for name, p in policies.items():
         if p["step"] in drawn:  # a raw checkpoint samples as its step does: one line
             continue
         drawn.add(p["step"])
         c, label = p["curves"], p["step"]
-        left.plot(c["round"], c["proxy"], marker="o", ms=3, label=label)
-        right.plot(c["round"], [g * 100 for g in moving_mean(c["gold"])], marker="o", ms=3, label=label)
-    left.set_title("proxy reward (reward model, mean of the round's samples)", fontsize=9)
-    right.set_title(f"gold: math-verify accuracy of the samples (%, {SMOOTH}-round mean)", fontsize=9)
-    for ax in (left, right):
+        proxy.plot(c["round"], c["proxy"], marker="o", ms=3, label=label)
+        gold.plot(c["round"], [g * 100 for g in moving_mean(c["gold"])], marker="o", ms=3, label=label)
+        gap.plot(c["round"], [g * 100 for g in moving_mean(edge(c))], marker="o", ms=3, label=label)
+        length.plot(c["round"], c["chars"], marker="o", ms=3, label=label)
+    proxy.set_title("proxy reward (reward model, mean of the round's samples)", fontsize=9)
+    gold.set_title(f"gold: math-verify accuracy of the samples (%, {SMOOTH}-round mean)", fontsize=9)
+    gap.set_title(f"gold edge of the pairs: chosen − rejected accuracy (pts, {SMOOTH}-round mean)", fontsize=9)
+    length.set_title("mean answer length (characters)", fontsize=9)
+    gap.axhline(0, color="#888", lw=0.8)
+    for ax in axes.flat:
         ax.set_xlabel("online round")
         ax.grid(alpha=0.3)
-    right.legend(fontsize=7)
+    gold.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -137,16 +159,18 @@ def markdown(summary: dict, pct) -> list[str]:
     base = summary["baseline"] or "—"
     lines = ["", "## Proxy reward against gold (reward-model DPO)", "",
              f"Each DPO step below trained on online pairs ranked by the reward model alone; gold (math-verify) "
-             f"was logged, never trained on. Paired differences are against `{base}` (no EMA). Gold per round is "
-             f"a {SMOOTH}-round moving mean (one round ≈ 80 samples).", "",
+             f"was logged, never trained on. Paired differences are against `{base}` (no EMA). First → last: means "
+             f"over the first and the last {SMOOTH} rounds (one round ≈ 80 samples); gold edge: gold accuracy of "
+             f"the chosen minus the rejected answers; a raw policy shares its step's rounds.", "",
              "| policy | EMAs | held-out math | Δ vs no-EMA | rounds | proxy first → last | gold first → last "
-             "| gold peak − last | KL last | length last (chars) |", "|" + "---|" * 10]
+             "| gold peak − last | gold edge first → last | KL last | length first → last (chars) |", "|" + "---|" * 11]
     for name, r in summary["rows"].items():
         lines.append(
             f"| {name} | {', '.join(r['emas']) or 'none'} | {pct(r.get('math'))} | {pct(r.get('math_vs_baseline'), True)} "
             f"| {r['rounds']} | {r['proxy_first']:.2f} → {r['proxy_last']:.2f} "
             f"| {r['gold_first'] * 100:.0f}% → {r['gold_last'] * 100:.0f}% | {r['gold_peak_to_final'] * 100:.1f} pts "
-            f"| {r['kl_last']:.3f} | {r['chars_last']:.0f} |")
+            f"| {r['edge_first'] * 100:+.0f} → {r['edge_last'] * 100:+.0f} pts | {r['kl_last']:.2f} "
+            f"| {r['chars_first']:.0f} → {r['chars_last']:.0f} |")
     return lines + ["", "![proxy against gold](charts/proxy_vs_gold.png)"]
 
 
