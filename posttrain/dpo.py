@@ -11,9 +11,8 @@ finished round. Per-round logs: `DIR/rounds/round-NNN.jsonl`; TensorBoard: `DIR/
 """
 from __future__ import annotations
 
-import sys
 
-from posttrain.cli import run_command
+from posttrain.cli import exit_command, run_command
 from posttrain.trainers.dpo_config import DPORunConfig
 
 
@@ -27,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -10,9 +10,8 @@ loss. The EMA of its weights is exported by default; DPO scores online samples w
 """
 from __future__ import annotations
 
-import sys
 
-from posttrain.cli import run_command
+from posttrain.cli import exit_command, run_command
 from posttrain.trainers.rm_config import RMRunConfig
 
 
@@ -26,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

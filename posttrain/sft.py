@@ -11,9 +11,8 @@ same under `python`, `accelerate launch`, FSDP and DeepSpeed.
 """
 from __future__ import annotations
 
-import sys
 
-from posttrain.cli import run_command
+from posttrain.cli import exit_command, run_command
 from posttrain.trainers.sft_config import SFTRunConfig
 
 
@@ -27,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -259,6 +259,19 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_command_exits_with_its_code_after_its_atexit_handlers_and_output(world_size):
+    """A rank of a multi-process run skips the interpreter's teardown (where gloo's threads can abort a
+    finished run), but not its atexit handlers, its buffered output or its exit code."""
+    script = ("import atexit, sys\nfrom posttrain.cli import exit_command\n"
+              "atexit.register(lambda: print('atexit ran'))\nsys.stdout.write('buffered, no newline')\n"
+              "exit_command(3)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WORLD_SIZE": world_size})
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout == "buffered, no newlineatexit ran\n"
+
+
 def test_training_arguments_exist_before_any_model_loads(sft_data, tmp_path, monkeypatch):
     """ZeRO-3 / FSDP initialisation hooks into from_pretrained only once TrainingArguments (and with
     them the process group) exist: SFT and RM build them first (DPO builds its DPOConfig first too)."""
