@@ -11,7 +11,6 @@ finished round. Per-round logs: `DIR/rounds/round-NNN.jsonl`; TensorBoard: `DIR/
 """
 from __future__ import annotations
 
-
 from posttrain.cli import exit_command, run_command
 from posttrain.trainers.dpo_config import DPORunConfig
 

@@ -10,7 +10,6 @@ loss. The EMA of its weights is exported by default; DPO scores online samples w
 """
 from __future__ import annotations
 
-
 from posttrain.cli import exit_command, run_command
 from posttrain.trainers.rm_config import RMRunConfig
 

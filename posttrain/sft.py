@@ -11,7 +11,6 @@ same under `python`, `accelerate launch`, FSDP and DeepSpeed.
 """
 from __future__ import annotations
 
-
 from posttrain.cli import exit_command, run_command
 from posttrain.trainers.sft_config import SFTRunConfig
 

@@ -47,18 +47,16 @@ def round_stats(directory: Path) -> list[dict]:
 
 
 def curves(directory: Path) -> dict[str, list[float]] | None:
-    """Per round: proxy (mean reward of the samples), gold (their accuracy), KL, mean answer length;
-    None when the step logged no gold."""
+    """Per round: proxy (mean reward of the samples), gold (their accuracy, and the chosen and rejected
+    answers'), KL, mean answer length; None when the step logged no gold."""
     stats = round_stats(directory)
     if not stats or not any("gold/accuracy" in s for s in stats):
         return None
     def column(key: str) -> list[float]:
         return [float(s.get(key, math.nan)) for s in stats]
-    return {"round": column("online/round"), "proxy": column("reward/mean"), "proxy_chosen": column("reward/chosen_mean"),
-            "gold": column("gold/accuracy"), "gold_chosen": column("gold/chosen_accuracy"),
-            "gold_rejected": column("gold/rejected_accuracy"),
-            "kl": column("online/kl_to_reference"), "chars": column("online/answer_chars_mean"),
-            "skipped_share": column("online/skipped_share")}
+    return {"round": column("online/round"), "proxy": column("reward/mean"), "gold": column("gold/accuracy"),
+            "gold_chosen": column("gold/chosen_accuracy"), "gold_rejected": column("gold/rejected_accuracy"),
+            "kl": column("online/kl_to_reference"), "chars": column("online/answer_chars_mean")}
 
 
 def moving_mean(values: list[float], width: int = SMOOTH) -> list[float]:

@@ -181,9 +181,7 @@ class LoopPlan:
         def run(step: Step) -> dict:
             path = write_config(step, data)
             self.command(self.trainer(section.launcher, "sft.py") + ["--config", str(path)], step)
-            states = sorted(step.directory.glob("checkpoint-*/trainer_state.json"),
-                            key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
-            return read_summary(states[-1] if states else step.directory / "trainer_state.json", step.directory)
+            return read_summary(last_trainer_state(step.directory), step.directory)
 
         return self.add("sft", (data, synth.fingerprint), run)
 
@@ -292,10 +290,15 @@ def read_summary(state_file: Path, directory: Path) -> dict:
             "last_loss": losses[-1] if losses else None, "model": str(directory)}
 
 
+def last_trainer_state(directory: Path) -> Path:
+    """The newest checkpoint's trainer_state.json (it holds the whole log), else the directory's own."""
+    states = sorted(directory.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
+    return states[-1] if states else directory / "trainer_state.json"
+
+
 def rm_summary(directory: Path) -> dict:
     """Steps, losses and the held-out pair accuracy of the reward model (its metrics.json)."""
-    states = sorted(directory.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
-    summary = read_summary(states[-1] if states else directory / "trainer_state.json", directory)
+    summary = read_summary(last_trainer_state(directory), directory)
     metrics = read_json(directory / "metrics.json")
     summary.update({k: metrics[k] for k in ("eval_accuracy", "eval_loss") if k in metrics})
     return summary
