@@ -72,13 +72,19 @@ def run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
 def test_pipeline_finishes_when_the_server_dies_mid_run(tmp_path, no_vllm_left_behind):
     out = tmp_path / "out"
     cfg, beam_args = synth.parse_args(["--output", str(out), "--no_cache", *SMALL, *few_pairs(tmp_path)])
+    # the registry is per process: fakes an earlier stage test on this worker installed are still in it
+    # (and were the first instance the killer looked at: CI, once, never killed anything)
+    registry.shutdown_all()
     killed = threading.Event()
+
+    def managed_server():
+        llms = [f.result() for f in list(registry._instances.values()) if f.done() and not f.exception()]
+        return next((llm.server for llm in llms if getattr(llm, "server", None) is not None), None)
 
     def kill_server_once_it_has_answered():
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not killed.is_set():
-            llms = [f.result() for f in list(registry._instances.values()) if f.done() and not f.exception()]
-            server = getattr(llms[0], "server", None) if llms else None
+            server = managed_server()
             if server is not None and server.proc is not None and "POST /v1/chat" in server.log_tail(40):
                 os.killpg(server.proc.pid, signal.SIGKILL)
                 killed.set()
