@@ -23,6 +23,17 @@ except OSError:
     pass
 
 
+@pytest.fixture(autouse=True)
+def installed_models_end_with_their_test():
+    """The model registry is per process, and a worker runs many files: a fake one test installed
+    must not answer the next test's `get_llm` (one left behind made the server-dies test look at a
+    fake instead of its server, and never kill it)."""
+    yield
+    from datagen.inference import registry
+
+    registry.uninstall_all()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from a second thread; on a shared 2-core machine it mostly spins

@@ -171,6 +171,23 @@ def test_a_backend_is_valid_in_configs_once_registered():
     registry.shutdown_all()
 
 
+def test_uninstall_all_forgets_the_installed_doubles_and_keeps_what_the_registry_made():
+    from fakes import install_fake
+
+    double = FakeLLM(["from the double"])
+    installed = install_fake(double, "uninstall-a")
+    made_cfg = registry.ModelConfig(backend="fake", model="uninstall-b")
+    made = registry.get_llm(made_cfg)
+    assert registry.get_llm(installed) is double
+    registry.uninstall_all()
+    fresh = registry.get_llm(installed)  # the backend's factory answers now, not the test's double
+    assert fresh is not double and fresh.generate([Request.chat("hi")])[0].texts != ["from the double"]
+    assert registry.get_llm(made_cfg) is made
+    registry.uninstall_all()  # a second call forgets nothing more
+    assert registry.get_llm(installed) is fresh and registry.get_llm(made_cfg) is made
+    registry.shutdown_all()
+
+
 def test_fake_llm_records_calls_and_cycles_answers():
     llm = FakeLLM(["a", "b"])
     out = llm.generate([Request.chat("1"), Request.chat("2", params=SamplingParams(n=2)), Request.chat("3")])

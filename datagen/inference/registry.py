@@ -71,6 +71,7 @@ class ModelConfig:
 
 _lock = threading.Lock()
 _instances: dict[str, "cf.Future[LLM]"] = {}
+_installed: dict[str, "cf.Future[LLM]"] = {}  # what `install` put in _instances (tests' doubles)
 
 
 def get_llm(cfg: ModelConfig) -> LLM:
@@ -189,4 +190,15 @@ def install(cfg: ModelConfig, llm: LLM) -> None:
     future: "cf.Future[LLM]" = cf.Future()
     future.set_result(llm)
     with _lock:
-        _instances[cfg.key()] = future
+        _instances[cfg.key()] = _installed[cfg.key()] = future
+
+
+def uninstall_all() -> None:
+    """Forget every instance `install` injected and the registry still holds: a test's doubles end
+    with the test instead of answering a later test's `get_llm` for the same model. Instances the
+    registry created itself (servers) stay, for `shutdown_all` to stop."""
+    with _lock:
+        for key, future in _installed.items():
+            if _instances.get(key) is future:
+                del _instances[key]
+        _installed.clear()
