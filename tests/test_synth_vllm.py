@@ -72,9 +72,6 @@ def run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
 def test_pipeline_finishes_when_the_server_dies_mid_run(tmp_path, no_vllm_left_behind):
     out = tmp_path / "out"
     cfg, beam_args = synth.parse_args(["--output", str(out), "--no_cache", *SMALL, *few_pairs(tmp_path)])
-    # the registry is per process: fakes an earlier stage test on this worker installed are still in it
-    # (and were the first instance the killer looked at: CI, once, never killed anything)
-    registry.shutdown_all()
     killed = threading.Event()
 
     def managed_server():
